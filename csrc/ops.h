@@ -1,0 +1,43 @@
+// Boundary checks shared by every backend's implementation of the fused_lstm ops.
+// The Python module validates user input with friendly errors first; these checks make the
+// raw ops (torch.ops.fused_lstm.*) safe to call directly: a wrong shape is an exception,
+// never an out-of-bounds read.
+#pragma once
+
+#include <torch/library.h>
+
+#define CHECK_SHAPE(x, ...)                                                              \
+  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ \
+              "), got ", (x).sizes())
+#define CHECK_DEVICE(x, ref)                                                             \
+  TORCH_CHECK((x).device() == (ref).device(), #x " must be on ", (ref).device(), ", got ", \
+              (x).device())
+#define CHECK_DTYPE(x, ref)                                                              \
+  TORCH_CHECK((x).scalar_type() == (ref).scalar_type(), #x " must have dtype ",         \
+              (ref).scalar_type(), ", got ", (x).scalar_type())
+#define CHECK_TENSOR(x, ref, ...) \
+  CHECK_DEVICE(x, ref);           \
+  CHECK_DTYPE(x, ref);            \
+  CHECK_SHAPE(x, __VA_ARGS__)
+
+namespace fused_lstm {
+
+// Sizes of one layer and direction, read off the inputs once.
+struct LayerSizes {
+  int64_t T, B, I, H;
+};
+
+// input [T, B, I], h0/c0 [B, H], w_ih [4H, I], w_hh [4H, H], bias [4H] or undefined.
+LayerSizes check_forward(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+                         const at::Tensor& w_ih, const at::Tensor& w_hh,
+                         const std::optional<at::Tensor>& bias);
+
+// The forward's inputs and saved outputs, plus the incoming gradients (each optional).
+LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
+                          const std::optional<at::Tensor>& grad_h_n,
+                          const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
+                          const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+                          const at::Tensor& w_hh, const at::Tensor& output,
+                          const at::Tensor& gates, const at::Tensor& cell);
+
+}  // namespace fused_lstm

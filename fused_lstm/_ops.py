@@ -1,0 +1,116 @@
+"""Loads the compiled ops and registers their fake (meta) and autograd implementations.
+
+The schemas and kernels live in C++ (``csrc/``); this module adds what PyTorch needs in
+Python so that the ops work with autograd and can be traced by ``torch.compile``. If the
+extension cannot be loaded, ``lstm_layer`` falls back to the pure-PyTorch reference.
+"""
+import os
+import warnings
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .reference import reference_lstm_layer
+
+_BACKEND_ENV = "FUSED_LSTM_BACKEND"
+
+
+def _load_extension() -> Tuple[bool, str]:
+    if os.environ.get(_BACKEND_ENV, "") == "reference":
+        return False, f"{_BACKEND_ENV}=reference is set"
+    try:
+        from . import _C  # noqa: F401  (loading the library registers torch.ops.fused_lstm)
+    except ImportError as exc:
+        warnings.warn(
+            f"fused_lstm: the compiled extension could not be loaded ({exc}); FusedLSTM runs "
+            "the pure-PyTorch reference (same results, much slower). To build the extension: "
+            "pip install --no-build-isolation -e .",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False, str(exc)
+    return True, "compiled extension loaded"
+
+
+HAS_EXTENSION, LOAD_REASON = _load_extension()
+
+
+def backend() -> str:
+    """``"cpp"`` when the compiled kernels are in use, ``"reference"`` for the fallback."""
+    return "cpp" if HAS_EXTENSION else "reference"
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("fused_lstm::lstm_layer")
+    def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, train):
+        T, B, _ = input.shape
+        H = w_hh.shape[1]
+        saved_steps = T if train else 0
+        return (
+            input.new_empty(T, B, H),
+            input.new_empty(B, H),
+            input.new_empty(B, H),
+            input.new_empty(saved_steps, B, 4 * H),
+            input.new_empty(saved_steps, B, H),
+        )
+
+    @torch.library.register_fake("fused_lstm::lstm_layer_backward")
+    def _lstm_layer_backward_fake(
+        grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates, cell, reverse
+    ):
+        return (
+            torch.empty_like(input),
+            torch.empty_like(h0),
+            torch.empty_like(c0),
+            torch.empty_like(w_ih),
+            torch.empty_like(w_hh),
+            w_hh.new_empty(w_hh.shape[0]),
+        )
+
+    def _setup_context(ctx, inputs, output):
+        input, h0, c0, w_ih, w_hh, bias, reverse, _train = inputs
+        out, _h_n, _c_n, gates, cell = output
+        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell)
+        ctx.reverse = reverse
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(gates, cell)
+
+    def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell):
+        input, h0, c0, w_ih, w_hh, out, gates, cell = ctx.saved_tensors
+        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = (
+            torch.ops.fused_lstm.lstm_layer_backward(
+                grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, out, gates, cell,
+                ctx.reverse,
+            )
+        )
+        return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+                grad_bias if ctx.has_bias else None, None, None)
+
+    torch.library.register_autograd(
+        "fused_lstm::lstm_layer", _backward, setup_context=_setup_context
+    )
+
+
+def lstm_layer(
+    input: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    reverse: bool,
+    train: bool,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One layer, one direction: ``(output, h_n, c_n)``; see :func:`reference_lstm_layer`.
+
+    ``train`` asks the kernel to keep what backward needs; pass False when no gradient will
+    be taken (inference), and memory stays flat in the sequence length.
+    """
+    if not HAS_EXTENSION:
+        return reference_lstm_layer(input, h0, c0, w_ih, w_hh, bias, reverse)
+    output, h_n, c_n, _gates, _cell = torch.ops.fused_lstm.lstm_layer(
+        input, h0, c0, w_ih, w_hh, bias, reverse, train
+    )
+    return output, h_n, c_n
