@@ -1,0 +1,34 @@
+"""Shared helpers: an nn.LSTM and a FusedLSTM holding the same weights."""
+from typing import Tuple
+
+import pytest
+import torch
+from torch import nn
+
+from fused_lstm import FusedLSTM
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_pair(dtype: torch.dtype = torch.float32, **kwargs) -> Tuple[nn.LSTM, FusedLSTM]:
+    """nn.LSTM and FusedLSTM with identical weights (copied through state_dict)."""
+    ref = nn.LSTM(**kwargs).to(dtype)
+    fused = FusedLSTM(**kwargs).to(dtype)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def run(model: nn.Module, x: torch.Tensor, hx, weights):
+    """Forward, then gradients of a loss that weights every output differently, so that a
+    gradient landing on the wrong element cannot cancel out. Returns the outputs and the
+    gradients of the input, of h0/c0 (if given) and of every parameter."""
+    x = x.detach().clone().requires_grad_()
+    hx = None if hx is None else tuple(s.detach().clone().requires_grad_() for s in hx)
+    out, (h_n, c_n) = model(x, hx)
+    loss = (out * weights[0]).sum() + (h_n * weights[1]).sum() + (c_n * weights[2]).sum()
+    leaves = [x] + ([] if hx is None else list(hx)) + list(model.parameters())
+    grads = torch.autograd.grad(loss, leaves)
+    return (out, h_n, c_n), grads

@@ -1,0 +1,82 @@
+"""FusedLSTM against nn.LSTM with the same weights: outputs and every gradient."""
+import itertools
+
+import pytest
+import torch
+
+from conftest import make_pair, run
+
+SIZES = [(5, 8), (12, 7)]  # (input_size, hidden_size): I < H and I > H
+OPTIONS = list(itertools.product(
+    [1, 7, 50],  # T
+    [1, 3, 16],  # B
+    [1, 2, 3],   # num_layers
+    [False, True],  # batch_first
+    [False, True],  # bidirectional
+    [False, True],  # with (h0, c0)
+    [False, True],  # bias
+))
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def check_parity(dtype, T, B, layers, batch_first, bidirectional, with_state, bias, sizes):
+    I, H = sizes
+    ref, fused = make_pair(dtype, input_size=I, hidden_size=H, num_layers=layers, bias=bias,
+                           batch_first=batch_first, bidirectional=bidirectional)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=dtype)
+    D = 2 if bidirectional else 1
+    hx = (torch.randn(layers * D, B, H, dtype=dtype), torch.randn(layers * D, B, H, dtype=dtype)) if with_state else None
+    out_ref, _ = ref(x, hx)
+    weights = [torch.randn_like(out_ref), torch.randn(layers * D, B, H, dtype=dtype),
+               torch.randn(layers * D, B, H, dtype=dtype)]
+
+    outs_ref, grads_ref = run(ref, x, hx, weights)
+    outs, grads = run(fused, x, hx, weights)
+    tol = TOLERANCE[dtype]
+    for name, a, b in zip(("output", "h_n", "c_n"), outs, outs_ref):
+        torch.testing.assert_close(a, b, atol=tol, rtol=0, msg=lambda m: f"{name}: {m}")
+    names = ["input"] + (["h0", "c0"] if with_state else []) + [n for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, grads, grads_ref):
+        # Weight gradients sum T*B terms: compare relative to their size as well.
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol, msg=lambda m: f"grad {name}: {m}")
+
+
+@pytest.mark.parametrize("T,B,layers,batch_first,bidirectional,with_state,bias", OPTIONS)
+def test_parity_float32(T, B, layers, batch_first, bidirectional, with_state, bias):
+    sizes = SIZES[(T + B + layers) % 2]
+    check_parity(torch.float32, T, B, layers, batch_first, bidirectional, with_state, bias, sizes)
+
+
+@pytest.mark.parametrize("T,B,layers,batch_first,bidirectional,with_state,bias",
+                         [o for o in OPTIONS if o[1] != 1 and o[2] != 1])
+def test_parity_float64(T, B, layers, batch_first, bidirectional, with_state, bias):
+    sizes = SIZES[(T + B + layers + 1) % 2]
+    check_parity(torch.float64, T, B, layers, batch_first, bidirectional, with_state, bias, sizes)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_error_bound_threaded_sizes(bidirectional):
+    """Batch and hidden large enough that the fused passes split rows across threads, and
+    sums long enough that float32 rounding exceeds a fixed 1e-5. The bound is stated as
+    flash-attention does: FusedLSTM's float32 error against a float64 reference is at most
+    2x nn.LSTM's float32 error against it (plus a floor for outputs nn.LSTM gets exact)."""
+    T, B, I, H, layers = 30, 64, 96, 128, 2
+    ref, fused = make_pair(torch.float32, input_size=I, hidden_size=H, num_layers=layers,
+                           bidirectional=bidirectional)
+    ref64, _ = make_pair(torch.float64, input_size=I, hidden_size=H, num_layers=layers,
+                         bidirectional=bidirectional)
+    ref64.load_state_dict(ref.state_dict())
+    D = 2 if bidirectional else 1
+    x = torch.randn(T, B, I)
+    hx = (torch.randn(layers * D, B, H), torch.randn(layers * D, B, H))
+    weights = [torch.randn(T, B, D * H), torch.randn(layers * D, B, H), torch.randn(layers * D, B, H)]
+    exact = run(ref64, x.double(), tuple(s.double() for s in hx), [w.double() for w in weights])
+    torch_f32 = run(ref, x, hx, weights)
+    fused_f32 = run(fused, x, hx, weights)
+    names = ["output", "h_n", "c_n", "grad input", "grad h0", "grad c0"] + [
+        f"grad {n}" for n, _ in ref.named_parameters()]
+    flat = lambda result: result[0] + result[1]
+    for name, want, base, got in zip(names, flat(exact), flat(torch_f32), flat(fused_f32)):
+        base_err = (base.double() - want).abs().max().item()
+        err = (got.double() - want).abs().max().item()
+        assert err <= 2 * base_err + 1e-6, f"{name}: error {err:.3g} vs nn.LSTM's {base_err:.3g}"
