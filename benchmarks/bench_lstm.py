@@ -1,0 +1,170 @@
+"""FusedLSTM against torch.nn.LSTM, same weights, same run: a table of times and ratios.
+
+Each implementation is timed in its own block of back-to-back calls after warm-up; blocks
+alternate (torch, fused, torch, fused, ...); each block gives a median, and each
+implementation keeps its best block. Alternating single calls would slow nn.LSTM by 10-40%
+on small machines and flatter FusedLSTM, so it is not done.
+
+    python benchmarks/bench_lstm.py                    # the four standard shapes
+    python benchmarks/bench_lstm.py --shape 50,32,50,50,2 --plot speedups.png
+"""
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Tuple
+
+import torch
+from torch import nn
+
+import fused_lstm
+from fused_lstm import FusedLSTM
+
+# (T, B, I, H, layers) and what each stands for.
+SHAPES: List[Tuple[Tuple[int, int, int, int, int], str]] = [
+    ((50, 32, 50, 50, 2), "stacked stock forecaster"),
+    ((200, 1, 256, 256, 1), "real-time, one stream"),
+    ((100, 64, 512, 512, 1), "fastrnns default"),
+    ((100, 16, 1024, 1024, 1), "large hidden"),
+]
+
+
+def lstm_flops(T: int, B: int, I: int, H: int, layers: int, directions: int = 1) -> float:
+    """Forward FLOPs: 8*T*B*H*(I+H) per layer and direction (backward is about twice)."""
+    total = 0.0
+    for layer in range(layers):
+        layer_input = I if layer == 0 else H * directions
+        total += 8.0 * T * B * H * (layer_input + H) * directions
+    return total
+
+
+def time_block(fn: Callable[[], None], repeats: int, warmup: int, budget_s: float = 1.0) -> float:
+    """Median seconds of up to `repeats` back-to-back calls (at least 5, fewer when a call is
+    slow enough that the block would exceed `budget_s`) after `warmup` calls."""
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    per_call = (time.perf_counter() - start) / max(warmup, 1)
+    repeats = max(5, min(repeats, int(budget_s / max(per_call, 1e-9))))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def race(fns: Dict[str, Callable[[], None]], blocks: int, repeats: int, warmup: int) -> Dict[str, float]:
+    """Best block median per implementation, blocks alternating between implementations."""
+    best = {name: float("inf") for name in fns}
+    for block in range(blocks):
+        order = list(fns) if block % 2 == 0 else list(reversed(fns))
+        for name in order:
+            best[name] = min(best[name], time_block(fns[name], repeats, warmup))
+    return best
+
+
+def bench_shape(shape, blocks: int, repeats: int, warmup: int) -> Dict[str, float]:
+    T, B, I, H, layers = shape
+    torch.manual_seed(0)
+    ref = nn.LSTM(I, H, num_layers=layers)
+    fused = FusedLSTM(I, H, num_layers=layers)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+
+    def forward(model):
+        def fn():
+            with torch.no_grad():
+                model(x)
+        return fn
+
+    def forward_backward(model):
+        def fn():
+            out, _ = model(x)
+            out.sum().backward()
+        return fn
+
+    fwd = race({"torch": forward(ref), "fused": forward(fused)}, blocks, repeats, warmup)
+    train = race({"torch": forward_backward(ref), "fused": forward_backward(fused)}, blocks,
+                 repeats, warmup)
+    flops = lstm_flops(T, B, I, H, layers)
+    return {
+        "fwd_torch": fwd["torch"], "fwd_fused": fwd["fused"],
+        "train_torch": train["torch"], "train_fused": train["fused"],
+        "gflops_fwd_fused": flops / fwd["fused"] / 1e9,
+        "gflops_fwd_torch": flops / fwd["torch"] / 1e9,
+    }
+
+
+def print_table(rows) -> None:
+    header = ("shape (T,B,I,H,L)", "what", "fwd torch ms", "fwd fused ms", "fwd speedup",
+              "fwd GF/s fused", "f+b torch ms", "f+b fused ms", "f+b speedup")
+    lines = [header]
+    for shape, what, r in rows:
+        lines.append((
+            ",".join(map(str, shape)), what,
+            f"{r['fwd_torch'] * 1e3:.3f}", f"{r['fwd_fused'] * 1e3:.3f}",
+            f"{r['fwd_torch'] / r['fwd_fused']:.2f}x", f"{r['gflops_fwd_fused']:.0f}",
+            f"{r['train_torch'] * 1e3:.3f}", f"{r['train_fused'] * 1e3:.3f}",
+            f"{r['train_torch'] / r['train_fused']:.2f}x",
+        ))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    fmt = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
+    print(fmt(lines[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for line in lines[1:]:
+        print(fmt(line))
+
+
+def save_plot(rows, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [",".join(map(str, shape)) for shape, _, _ in rows]
+    fwd = [r["fwd_torch"] / r["fwd_fused"] for _, _, r in rows]
+    train = [r["train_torch"] / r["train_fused"] for _, _, r in rows]
+    xs = range(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar([x - 0.2 for x in xs], fwd, width=0.4, label="forward")
+    ax.bar([x + 0.2 for x in xs], train, width=0.4, label="forward + backward")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(list(xs), labels)
+    ax.set_xlabel("shape (T, B, I, H, layers)")
+    ax.set_ylabel("speedup over nn.LSTM (x)")
+    ax.set_title(f"FusedLSTM vs nn.LSTM, CPU, {torch.get_num_threads()} threads, float32")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"saved {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", action="append", default=None,
+                        help="T,B,I,H,layers (repeatable); default: the four standard shapes")
+    parser.add_argument("--blocks", type=int, default=4, help="alternating blocks per implementation")
+    parser.add_argument("--repeats", type=int, default=50,
+                        help="timed calls per block (fewer for slow shapes: ~1 s per block)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls before each block")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--plot", default=None, help="save a bar chart of the speedups to this PNG")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = ([(tuple(int(v) for v in s.split(",")), "custom") for s in args.shape]
+              if args.shape else SHAPES)
+    print(f"torch {torch.__version__}, fused_lstm backend {fused_lstm.backend()}, "
+          f"{torch.get_num_threads()} threads, float32, "
+          f"{args.blocks} blocks x {args.repeats} repeats (median per block, best block)")
+    rows = []
+    for shape, what in shapes:
+        print(f"  timing {shape} ...", flush=True)
+        rows.append((shape, what, bench_shape(shape, args.blocks, args.repeats, args.warmup)))
+    print_table(rows)
+    if args.plot:
+        save_plot(rows, args.plot)
+
+
+if __name__ == "__main__":
+    main()
