@@ -5,22 +5,85 @@
 
 namespace fused_lstm {
 
+namespace {
+
+// Input, output and the saved per-step tensors share the input's row layout: [T, B, features]
+// or packed [N, features].
+void check_rows(const char* name, const at::Tensor& x, const at::Tensor& input,
+                int64_t features) {
+  CHECK_DEVICE(x, input);
+  CHECK_DTYPE(x, input);
+  std::vector<int64_t> expected(input.sizes().begin(), input.sizes().end() - 1);
+  expected.push_back(features);
+  TORCH_CHECK(x.sizes() == at::IntArrayRef(expected), name, " must have shape ",
+              at::IntArrayRef(expected), ", got ", x.sizes());
+}
+
+std::vector<int64_t> step_offsets(const at::Tensor& input, int64_t B,
+                                  const std::optional<at::Tensor>& batch_sizes) {
+  if (!batch_sizes.has_value()) {
+    std::vector<int64_t> offsets(input.size(0) + 1);
+    for (size_t t = 0; t < offsets.size(); ++t) offsets[t] = static_cast<int64_t>(t) * B;
+    return offsets;
+  }
+  const at::Tensor& bs = *batch_sizes;
+  TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
+              "batch_sizes must be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
+              bs.scalar_type(), " on ", bs.device());
+  const at::Tensor sizes = bs.contiguous();
+  const int64_t* b = sizes.data_ptr<int64_t>();
+  std::vector<int64_t> offsets(bs.size(0) + 1, 0);
+  for (int64_t t = 0; t < bs.size(0); ++t) {
+    TORCH_CHECK(b[t] > 0 && b[t] <= (t == 0 ? B : b[t - 1]),
+                "batch_sizes must be positive and non-increasing with batch_sizes[0] == B (",
+                B, "), got ", b[t], " at step ", t);
+    offsets[t + 1] = offsets[t] + b[t];
+  }
+  TORCH_CHECK(bs.size(0) == 0 || b[0] == B, "batch_sizes[0] must equal the batch size of h0 (",
+              B, "), got ", b[0]);
+  TORCH_CHECK(offsets.back() == input.size(0), "packed input must have sum(batch_sizes) = ",
+              offsets.back(), " rows, got ", input.size(0));
+  return offsets;
+}
+
+}  // namespace
+
 LayerSizes check_forward(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
                          const at::Tensor& w_ih, const at::Tensor& w_hh,
-                         const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK(input.dim() == 3, "input must be 3-D (T, B, I), got ", input.dim(), "-D");
+                         const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& w_hr,
+                         const std::optional<at::Tensor>& batch_sizes) {
+  const bool packed = batch_sizes.has_value();
+  TORCH_CHECK(input.dim() == (packed ? 2 : 3), "input must be ",
+              packed ? "2-D (N, I) with batch_sizes" : "3-D (T, B, I)", ", got ", input.dim(),
+              "-D");
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
               "input must be float32 or float64, got ", input.scalar_type());
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) % 4 == 0, "w_hh must be 2-D (4H, H), got ",
-              w_hh.sizes());
-  const LayerSizes n{input.size(0), input.size(1), input.size(2), w_hh.size(0) / 4};
-  CHECK_TENSOR(w_hh, input, 4 * n.H, n.H);
+  TORCH_CHECK(w_ih.dim() == 2 && w_ih.size(0) % 4 == 0, "w_ih must be 2-D (4H, I), got ",
+              w_ih.sizes());
+  TORCH_CHECK(h0.dim() == 2, "h0 must be 2-D (B, P), got ", h0.sizes());
+  LayerSizes n;
+  n.B = h0.size(0);
+  n.P = h0.size(1);
+  n.H = w_ih.size(0) / 4;
+  n.N = packed ? input.size(0) : input.size(0) * input.size(1);
+  n.T = packed ? batch_sizes->size(0) : input.size(0);
+  n.I = input.size(-1);
+  TORCH_CHECK(packed || input.size(1) == n.B, "input must have batch size ", n.B,
+              " (from h0), got ", input.size(1));
   CHECK_TENSOR(w_ih, input, 4 * n.H, n.I);
-  CHECK_TENSOR(h0, input, n.B, n.H);
+  CHECK_TENSOR(w_hh, input, 4 * n.H, n.P);
+  CHECK_TENSOR(h0, input, n.B, n.P);
   CHECK_TENSOR(c0, input, n.B, n.H);
   if (bias.has_value()) {
     CHECK_TENSOR(*bias, input, 4 * n.H);
   }
+  if (w_hr.has_value()) {
+    CHECK_TENSOR(*w_hr, input, n.P, n.H);
+  } else {
+    TORCH_CHECK(n.P == n.H, "without w_hr, h0 must have H = ", n.H, " features, got ", n.P);
+  }
+  n.offsets = step_offsets(input, n.B, batch_sizes);
   return n;
 }
 
@@ -28,19 +91,21 @@ LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
                           const std::optional<at::Tensor>& grad_h_n,
                           const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
                           const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-                          const at::Tensor& w_hh, const at::Tensor& output,
-                          const at::Tensor& gates, const at::Tensor& cell) {
-  const LayerSizes n = check_forward(input, h0, c0, w_ih, w_hh, std::nullopt);
-  TORCH_CHECK(gates.numel() > 0 || n.T * n.B * n.H == 0,
+                          const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                          const std::optional<at::Tensor>& batch_sizes,
+                          const at::Tensor& output, const at::Tensor& gates,
+                          const at::Tensor& cell) {
+  LayerSizes n = check_forward(input, h0, c0, w_ih, w_hh, std::nullopt, w_hr, batch_sizes);
+  TORCH_CHECK(gates.numel() > 0 || n.N * n.H == 0,
               "lstm_layer_backward needs the gates saved by lstm_layer(..., train=True)");
-  CHECK_TENSOR(output, input, n.T, n.B, n.H);
-  CHECK_TENSOR(gates, input, n.T, n.B, 4 * n.H);
-  CHECK_TENSOR(cell, input, n.T, n.B, n.H);
+  check_rows("output", output, input, n.P);
+  check_rows("gates", gates, input, 4 * n.H);
+  check_rows("cell", cell, input, n.H);
   if (grad_output.has_value()) {
-    CHECK_TENSOR(*grad_output, input, n.T, n.B, n.H);
+    check_rows("grad_output", *grad_output, input, n.P);
   }
   if (grad_h_n.has_value()) {
-    CHECK_TENSOR(*grad_h_n, input, n.B, n.H);
+    CHECK_TENSOR(*grad_h_n, input, n.B, n.P);
   }
   if (grad_c_n.has_value()) {
     CHECK_TENSOR(*grad_c_n, input, n.B, n.H);
@@ -49,21 +114,25 @@ LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
 }
 
 TORCH_LIBRARY(fused_lstm, m) {
-  // One layer, one direction. `reverse` runs time backwards (the reverse direction of a
-  // bidirectional LSTM) without flipping the input. With train=True the activated gates
-  // [T, B, 4H] and cell states [T, B, H] are returned for backward; with train=False they
-  // come back empty and nothing per step is kept.
+  // One layer, one direction. `input` is [T, B, I], or packed [N, I] with `batch_sizes`
+  // (PackedSequence's layout: time-major, step t holds its batch_sizes[t] longest
+  // sequences). `w_hr` [P, H] projects h (LSTMP). `reverse` runs time backwards (the second
+  // direction of a bidirectional LSTM) without flipping the input. With train=True the
+  // activated gates [rows, 4H] and cell states [rows, H] are returned for backward; with
+  // train=False they come back empty and nothing per step is kept.
   m.def(
       "lstm_layer(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? bias, "
-      "bool reverse, bool train) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
-      "Tensor cell)");
+      "Tensor? w_hr, Tensor? batch_sizes, bool reverse, bool train) -> (Tensor output, "
+      "Tensor h_n, Tensor c_n, Tensor gates, Tensor cell)");
   // Gradients of lstm_layer. Missing incoming gradients count as zero. grad_bias is the
-  // gradient of the summed bias (b_ih + b_hh), computed whether or not the layer has one.
+  // gradient of the summed bias (b_ih + b_hh), computed whether or not the layer has one;
+  // grad_w_hr is empty without a projection.
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
-      "Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor output, "
-      "Tensor gates, Tensor cell, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
-      "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+      "Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
+      "Tensor? batch_sizes, Tensor output, Tensor gates, Tensor cell, bool reverse) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_bias)");
 }
 
 }  // namespace fused_lstm

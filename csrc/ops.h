@@ -6,6 +6,9 @@
 
 #include <torch/library.h>
 
+#include <optional>
+#include <vector>
+
 #define CHECK_SHAPE(x, ...)                                                              \
   TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape (" #__VA_ARGS__ \
               "), got ", (x).sizes())
@@ -23,21 +26,34 @@
 namespace fused_lstm {
 
 // Sizes of one layer and direction, read off the inputs once.
+//   T steps, B sequences, N = rows of input (T*B when every sequence is full length),
+//   I input features, H hidden units, P features of h (P = H without a projection).
+// Rows are time-major: step t owns rows [offsets[t], offsets[t+1]), the first
+// batch_sizes[t] sequences (sequences sorted by decreasing length, as in PackedSequence).
 struct LayerSizes {
-  int64_t T, B, I, H;
+  int64_t T, B, N, I, H, P;
+  std::vector<int64_t> offsets;  // T + 1 entries
+
+  int64_t rows(int64_t t) const { return offsets[t + 1] - offsets[t]; }
 };
 
-// input [T, B, I], h0/c0 [B, H], w_ih [4H, I], w_hh [4H, H], bias [4H] or undefined.
+// input [T, B, I] (batch_sizes None) or packed [N, I] with batch_sizes [T] (int64, CPU,
+// non-increasing, batch_sizes[0] == B, sum == N); h0 [B, P], c0 [B, H], w_ih [4H, I],
+// w_hh [4H, P], bias [4H] or None, w_hr [P, H] or None.
 LayerSizes check_forward(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
                          const at::Tensor& w_ih, const at::Tensor& w_hh,
-                         const std::optional<at::Tensor>& bias);
+                         const std::optional<at::Tensor>& bias,
+                         const std::optional<at::Tensor>& w_hr,
+                         const std::optional<at::Tensor>& batch_sizes);
 
 // The forward's inputs and saved outputs, plus the incoming gradients (each optional).
 LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
                           const std::optional<at::Tensor>& grad_h_n,
                           const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input,
                           const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-                          const at::Tensor& w_hh, const at::Tensor& output,
-                          const at::Tensor& gates, const at::Tensor& cell);
+                          const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                          const std::optional<at::Tensor>& batch_sizes,
+                          const at::Tensor& output, const at::Tensor& gates,
+                          const at::Tensor& cell);
 
 }  // namespace fused_lstm

@@ -7,19 +7,21 @@ from typing import Iterable, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64)
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Computed by the float32 kernels (float32 accumulation and cell state), rounded on output.
+UPCAST_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def check_input(input: object, input_size: int) -> Tensor:
+def check_input(input: object, input_size: int, packed: bool = False) -> Tensor:
     if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a Tensor, got {type(input).__name__}")
-    if input.dim() not in (2, 3):
-        raise ValueError(
-            f"input must be 3-D (batched) or 2-D (unbatched), got {input.dim()}-D with shape "
-            f"{tuple(input.shape)}"
-        )
+        raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+    ranks = (2,) if packed else (2, 3)
+    if input.dim() not in ranks:
+        what = "PackedSequence data must be 2-D" if packed else "input must be 3-D (batched) or 2-D (unbatched)"
+        raise ValueError(f"{what}, got {input.dim()}-D with shape {tuple(input.shape)}")
     if input.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"input must have dtype float32 or float64, got {input.dtype}")
+        names = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
+        raise TypeError(f"input must have dtype {names}, got {input.dtype}")
     if input.shape[-1] != input_size:
         raise ValueError(
             f"input.size(-1) must be equal to input_size: expected {input_size}, got "

@@ -44,49 +44,50 @@ def backend() -> str:
 if HAS_EXTENSION:
 
     @torch.library.register_fake("fused_lstm::lstm_layer")
-    def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, reverse, train):
-        T, B, _ = input.shape
-        H = w_hh.shape[1]
-        saved_steps = T if train else 0
+    def _lstm_layer_fake(input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse, train):
+        rows = tuple(input.shape[:-1])
+        saved = rows if train else (0,) + rows[1:]
+        H = c0.shape[1]
         return (
-            input.new_empty(T, B, H),
-            input.new_empty(B, H),
-            input.new_empty(B, H),
-            input.new_empty(saved_steps, B, 4 * H),
-            input.new_empty(saved_steps, B, H),
+            input.new_empty(rows + (h0.shape[1],)),
+            torch.empty_like(h0),
+            torch.empty_like(c0),
+            input.new_empty(saved + (4 * H,)),
+            input.new_empty(saved + (H,)),
         )
 
     @torch.library.register_fake("fused_lstm::lstm_layer_backward")
-    def _lstm_layer_backward_fake(
-        grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, output, gates, cell, reverse
-    ):
+    def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh,
+                                  w_hr, batch_sizes, output, gates, cell, reverse):
         return (
             torch.empty_like(input),
             torch.empty_like(h0),
             torch.empty_like(c0),
             torch.empty_like(w_ih),
             torch.empty_like(w_hh),
-            w_hh.new_empty(w_hh.shape[0]),
+            torch.empty_like(w_hr) if w_hr is not None else c0.new_empty(0, c0.shape[1]),
+            w_ih.new_empty(w_ih.shape[0]),
         )
 
     def _setup_context(ctx, inputs, output):
-        input, h0, c0, w_ih, w_hh, bias, reverse, _train = inputs
+        input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse, _train = inputs
         out, _h_n, _c_n, gates, cell = output
-        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, out, gates, cell)
+        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cell)
         ctx.reverse = reverse
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(gates, cell)
 
     def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell):
-        input, h0, c0, w_ih, w_hh, out, gates, cell = ctx.saved_tensors
-        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias = (
+        input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cell = ctx.saved_tensors
+        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_bias = (
             torch.ops.fused_lstm.lstm_layer_backward(
-                grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, out, gates, cell,
-                ctx.reverse,
+                grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
+                out, gates, cell, ctx.reverse,
             )
         )
         return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
-                grad_bias if ctx.has_bias else None, None, None)
+                grad_bias if ctx.has_bias else None,
+                grad_w_hr if w_hr is not None else None, None, None, None)
 
     torch.library.register_autograd(
         "fused_lstm::lstm_layer", _backward, setup_context=_setup_context
@@ -99,18 +100,21 @@ def lstm_layer(
     c0: Tensor,
     w_ih: Tensor,
     w_hh: Tensor,
-    bias: Optional[Tensor],
-    reverse: bool,
-    train: bool,
+    bias: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
+    reverse: bool = False,
+    train: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """One layer, one direction: ``(output, h_n, c_n)``; see :func:`reference_lstm_layer`.
+    """One layer, one direction: ``(output, h_n, c_n)``; arguments as in
+    :func:`~fused_lstm.reference_lstm_layer`.
 
     ``train`` asks the kernel to keep what backward needs; pass False when no gradient will
     be taken (inference), and memory stays flat in the sequence length.
     """
     if not HAS_EXTENSION:
-        return reference_lstm_layer(input, h0, c0, w_ih, w_hh, bias, reverse)
+        return reference_lstm_layer(input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse)
     output, h_n, c_n, _gates, _cell = torch.ops.fused_lstm.lstm_layer(
-        input, h0, c0, w_ih, w_hh, bias, reverse, train
+        input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse, train
     )
     return output, h_n, c_n

@@ -1,11 +1,12 @@
 """FusedLSTM: a drop-in replacement for ``torch.nn.LSTM`` running the fused kernels."""
 import math
 import warnings
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks, _ops
 
@@ -33,7 +34,7 @@ class FusedLSTM(nn.Module):
             (the states ``h``/``c`` are ``(layers * directions, B, H)`` either way).
         dropout: dropout on each layer's output except the last, in training mode.
         bidirectional: run a second, time-reversed direction per layer and concatenate.
-        proj_size: must be 0 (LSTM with projections is not supported yet).
+        proj_size: if > 0, h is projected to this size by ``weight_hr_l{k}`` (LSTMP).
         device, dtype: where and how to create the parameters.
 
     Call: ``output, (h_n, c_n) = lstm(input, (h_0, c_0))`` with ``(h_0, c_0)`` optional
@@ -61,8 +62,10 @@ class FusedLSTM(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        if proj_size != 0:
-            raise NotImplementedError(f"proj_size must be 0 (projections are not supported yet), got {proj_size!r}")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size must be a non-negative int (0 disables projections), got {proj_size!r}")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({hidden_size}), got {proj_size}")
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero "
@@ -96,7 +99,7 @@ class FusedLSTM(nn.Module):
     @property
     def all_weights(self) -> List[List[nn.Parameter]]:
         """Parameters per layer and direction, as ``nn.LSTM.all_weights``."""
-        per = 4 if self.bias else 2
+        per = (4 if self.bias else 2) + (1 if self.proj_size else 0)
         flat = [getattr(self, name) for name in self._flat_weights_names]
         return [flat[k:k + per] for k in range(0, len(flat), per)]
 
@@ -112,72 +115,110 @@ class FusedLSTM(nn.Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
     def _param_shapes(self) -> Iterator[Tuple[str, Tuple[int, ...]]]:
         """``(name, shape)`` of every parameter, in nn.LSTM's order."""
-        H, D = self.hidden_size, self.num_directions
+        H, P, D = self.hidden_size, self._output_size, self.num_directions
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else H * D
+            layer_input = self.input_size if layer == 0 else P * D
             for direction in range(D):
                 suffix = f"_l{layer}{'_reverse' if direction == 1 else ''}"
                 yield "weight_ih" + suffix, (4 * H, layer_input)
-                yield "weight_hh" + suffix, (4 * H, H)
+                yield "weight_hh" + suffix, (4 * H, P)
                 if self.bias:
                     yield "bias_ih" + suffix, (4 * H,)
                     yield "bias_hh" + suffix, (4 * H,)
+                if self.proj_size:
+                    yield "weight_hr" + suffix, (P, H)
+
+    @property
+    def _output_size(self) -> int:
+        """Features of h: proj_size with a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
 
     def forward(
-        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
-    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        input = _checks.check_input(input, self.input_size)
-        unbatched = input.dim() == 2
-        if unbatched:
-            input = input.unsqueeze(1)
-        x = input.transpose(0, 1) if self.batch_first and not unbatched else input
-        if x.shape[0] == 0:
-            raise ValueError("input must have at least one time step, got sequence length 0")
-        batch = x.shape[1]
+        self, input: Union[Tensor, PackedSequence], hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[Union[Tensor, PackedSequence], Tuple[Tensor, Tensor]]:
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            _checks.check_input(x, self.input_size, packed=True)
+            # Read the batch size off a shape where there is one (no data-dependent read).
+            batch = sorted_indices.shape[0] if sorted_indices is not None else int(batch_sizes[0])
+        else:
+            x = _checks.check_input(input, self.input_size)
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if x.dim() == 2:
+                x = x.unsqueeze(1)
+            elif self.batch_first:
+                x = x.transpose(0, 1)
+            if x.shape[0] == 0:
+                raise ValueError("input must have at least one time step, got sequence length 0")
+            batch = x.shape[1]
+        unbatched = not packed and input.dim() == 2
         _checks.check_parameters(
             ((name, getattr(self, name), shape) for name, shape in self._param_shapes()), x
         )
+        h0, c0 = self._initial_state(hx, x, batch, unbatched)
+        if sorted_indices is not None:  # the user's batch order -> PackedSequence's order
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
 
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        state_shape = (L * D, H) if unbatched else (L * D, batch, H)
-        hx = _checks.check_hx(hx)
-        if hx is None:
-            h0 = c0 = x.new_zeros(L * D, batch, H)
-        else:
-            h0 = _checks.check_state("h0", hx[0], state_shape, x, unbatched)
-            c0 = _checks.check_state("c0", hx[1], state_shape, x, unbatched)
-            if unbatched:
-                h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        output, h_n, c_n = self._run_layers(x, h0, c0, batch_sizes)
 
-        # Keep per-step state for backward only when a gradient can be taken.
-        train = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or c0.requires_grad
-            or any(p.requires_grad for p in self.parameters())
-        )
-        x = x.contiguous()
-        h_n, c_n = [], []
-        for layer in range(L):
-            outputs = []
-            for direction in range(D):
-                w_ih, w_hh, *biases = self.all_weights[layer * D + direction]
-                bias = biases[0] + biases[1] if biases else None
-                k = layer * D + direction
-                out, h, c = _ops.lstm_layer(x, h0[k], c0[k], w_ih, w_hh, bias, direction == 1, train)
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            x = torch.cat(outputs, dim=2) if D == 2 else outputs[0]
-            if self.dropout > 0 and self.training and layer < L - 1:
-                x = F.dropout(x, p=self.dropout, training=True)
-
-        output = x
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        if packed:
+            return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), (h_n, c_n)
         if unbatched:
             return output.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
         if self.batch_first:
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
+
+    def _initial_state(self, hx, x: Tensor, batch: int, unbatched: bool) -> Tuple[Tensor, Tensor]:
+        """(h0, c0) as 3-D ``(layers * directions, B, P)`` / ``(..., H)``; zeros if not given."""
+        LD, H, P = self.num_layers * self.num_directions, self.hidden_size, self._output_size
+        hx = _checks.check_hx(hx)
+        if hx is None:
+            return x.new_zeros(LD, batch, P), x.new_zeros(LD, batch, H)
+        shape = lambda features: (LD, features) if unbatched else (LD, batch, features)
+        h0 = _checks.check_state("h0", hx[0], shape(P), x, unbatched)
+        c0 = _checks.check_state("c0", hx[1], shape(H), x, unbatched)
+        return (h0.unsqueeze(1), c0.unsqueeze(1)) if unbatched else (h0, c0)
+
+    def _run_layers(
+        self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """All layers and directions on time-major ``(T, B, I)`` or packed ``(N, I)`` rows."""
+        # Keep per-step state for backward only when a gradient can be taken.
+        train = torch.is_grad_enabled() and (
+            x.requires_grad or h0.requires_grad or c0.requires_grad
+            or any(p.requires_grad for p in self.parameters())
+        )
+        # Half precision runs the float32 kernels: float32 accumulation and cell state.
+        dtype = x.dtype
+        compute = torch.float32 if dtype in _checks.UPCAST_DTYPES else dtype
+        cast = lambda t: t.to(compute)
+        x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
+        D = self.num_directions
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                weights = [cast(w) for w in self.all_weights[layer * D + direction]]
+                w_ih, w_hh = weights[0], weights[1]
+                bias = weights[2] + weights[3] if self.bias else None
+                w_hr = weights[-1] if self.proj_size else None
+                k = layer * D + direction
+                out, h, c = _ops.lstm_layer(x, h0[k], c0[k], w_ih, w_hh, bias, w_hr, batch_sizes,
+                                            direction == 1, train)
+                outputs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            x = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, p=self.dropout, training=True)
+        return x.to(dtype), torch.stack(h_n).to(dtype), torch.stack(c_n).to(dtype)

@@ -16,30 +16,55 @@ def reference_lstm_layer(
     w_ih: Tensor,
     w_hh: Tensor,
     bias: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    batch_sizes: Optional[Tensor] = None,
     reverse: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer in one direction.
 
     Args:
-        input: ``(T, B, I)``, time-major.
-        h0, c0: ``(B, H)`` initial hidden and cell state.
-        w_ih: ``(4H, I)`` and ``w_hh``: ``(4H, H)``, gates stacked in the order i, f, g, o.
+        input: ``(T, B, I)`` time-major, or packed ``(N, I)`` with ``batch_sizes``.
+        h0: ``(B, P)`` and c0: ``(B, H)`` initial states (``P = H`` without projection).
+        w_ih: ``(4H, I)`` and w_hh: ``(4H, P)``, gates stacked in the order i, f, g, o.
         bias: ``(4H,)``, the sum ``b_ih + b_hh``, or None.
+        w_hr: ``(P, H)`` projection of h (LSTMP), or None.
+        batch_sizes: ``(T,)`` int64 as in ``PackedSequence``: step t has rows for its
+            ``batch_sizes[t]`` longest sequences, which come first in the batch.
         reverse: run from the last step to the first (the reverse direction).
 
     Returns:
-        ``output (T, B, H)``, ``h_n (B, H)``, ``c_n (B, H)``.
+        ``output`` (``(T, B, P)`` or packed ``(N, P)``), ``h_n (B, P)``, ``c_n (B, H)``:
+        each sequence's state after its own last step.
     """
-    T = input.shape[0]
+    packed = batch_sizes is not None
+    if not packed:
+        T, B = input.shape[:2]
+        batch_sizes = torch.full((T,), B, dtype=torch.long)
+        input = input.reshape(T * B, -1)
+    sizes = batch_sizes.tolist()
+    offsets = [0]
+    for n in sizes:
+        offsets.append(offsets[-1] + n)
+
     h, c = h0, c0
-    outputs = [h0] * T
-    for t in (reversed(range(T)) if reverse else range(T)):
-        gates = input[t] @ w_ih.T + h @ w_hh.T
+    outputs = [h0[:0]] * len(sizes)
+    for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
+        n = sizes[t]  # sequences still running at step t: the first n of the batch
+        x_t = input[offsets[t]:offsets[t + 1]]
+        gates = x_t @ w_ih.T + h[:n] @ w_hh.T
         if bias is not None:
             gates = gates + bias
         i, f, g, o = gates.chunk(4, dim=-1)
         i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-        c = f * c + i * g
-        h = o * torch.tanh(c)
-        outputs[t] = h
-    return torch.stack(outputs), h, c
+        c_t = f * c[:n] + i * g
+        h_t = o * torch.tanh(c_t)
+        if w_hr is not None:
+            h_t = h_t @ w_hr.T
+        # Sequences that have ended (or not yet begun, in reverse) keep their state.
+        h = torch.cat([h_t, h[n:]])
+        c = torch.cat([c_t, c[n:]])
+        outputs[t] = h_t
+    output = torch.cat(outputs)
+    if not packed:
+        output = output.reshape(len(sizes), -1, output.shape[-1])
+    return output, h, c

@@ -115,9 +115,9 @@ def call_with(fused, x=None, hx=None):
 @pytest.mark.parametrize("make_args,error,match", [
     (lambda: dict(x=torch.randn(5, 2, 3, 1)), ValueError, r"input must be 3-D \(batched\) or 2-D \(unbatched\), got 4-D"),
     (lambda: dict(x=torch.randn(5, 2, 7)), ValueError, r"input.size\(-1\) must be equal to input_size: expected 3, got 7"),
-    (lambda: dict(x=torch.randint(0, 5, (5, 2, 3))), TypeError, r"input must have dtype float32 or float64, got torch.int64"),
+    (lambda: dict(x=torch.randint(0, 5, (5, 2, 3))), TypeError, r"input must have dtype float32, float64, bfloat16, float16, got torch.int64"),
     (lambda: dict(x=torch.ones(5, 2, 3, dtype=torch.bool)), TypeError, r"got torch.bool"),
-    (lambda: dict(x=[[1.0, 2.0, 3.0]]), TypeError, r"input must be a Tensor, got list"),
+    (lambda: dict(x=[[1.0, 2.0, 3.0]]), TypeError, r"input must be a Tensor or PackedSequence, got list"),
     (lambda: dict(x=torch.randn(0, 2, 3)), ValueError, r"at least one time step"),
     (lambda: dict(hx=(torch.randn(3, 2, 4), torch.randn(2, 2, 4))), ValueError, r"h0 must have shape \(2, 2, 4\), got \(3, 2, 4\)"),
     (lambda: dict(hx=(torch.randn(2, 2, 4), torch.randn(2, 3, 4))), ValueError, r"c0 must have shape \(2, 2, 4\), got \(2, 3, 4\)"),

@@ -20,7 +20,7 @@ def test_reference_matches_nn_lstm(reverse):
     sfx = "_reverse" if reverse else ""
     p = dict(lstm.named_parameters())
     got = reference_lstm_layer(x, h0[d], c0[d], p["weight_ih_l0" + sfx], p["weight_hh_l0" + sfx],
-                               p["bias_ih_l0" + sfx] + p["bias_hh_l0" + sfx], reverse)
+                               p["bias_ih_l0" + sfx] + p["bias_hh_l0" + sfx], reverse=reverse)
     for a, b in zip(got, (out[..., d * 4:(d + 1) * 4], h_n[d], c_n[d])):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 

@@ -1,0 +1,225 @@
+// One LSTM layer in one direction on the CPU, over raw pointers: the time loop in C++.
+//
+// Rows are time-major; step t owns rows [offsets[t], offsets[t] + rows(t)), the first rows(t)
+// sequences of the batch (sorted by decreasing length, as PackedSequence keeps them; every
+// step has all B rows when the sequences have equal length). A sequence that has ended (or,
+// in the reverse direction, not yet begun) keeps its state in the running h/c buffers, so
+// each step works on a prefix of the batch and h_n/c_n are whatever those buffers hold last.
+//
+// forward:  gates = x @ W_ih^T                 one GEMM over all rows (bias added below)
+//           per step t, on its n = rows(t) rows:
+//             gates[t] += h[:n] @ W_hh^T       one GEMM for all four gates
+//             fused pass: + bias, sigmoid/tanh, c[:n], h = o * tanh(c)
+//             with a projection: h[:n] = h @ W_hr^T   one GEMM
+// backward: per step in reverse order of the forward:
+//             with a projection: dh_raw = (dy[t] + dh[:n]) @ W_hr   one GEMM
+//             fused pass: dgates[t] and dc[:n] from dh and dc
+//             dh[:n] = dgates[t] @ W_hh       one GEMM
+//           dW_ih, dW_hh, dW_hr, dx: one GEMM each over all rows.
+// Nothing is allocated inside the time loops.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "../lstm_cell.h"
+#include "blas.h"
+
+namespace fused_lstm::cpu {
+
+// Everything one layer and direction reads and writes. Pointers the caller owns; sizes as in
+// LayerSizes (ops.h). `w_hr` is null without a projection (then P == H).
+template <typename T>
+struct LayerParams {
+  int64_t T_, B, I, H, P;
+  const std::vector<int64_t>* offsets;  // T_ + 1 row offsets
+  bool reverse;
+  const T *x, *w_ih, *w_hh, *w_hr, *bias;
+
+  int64_t rows(int64_t t) const { return (*offsets)[t + 1] - (*offsets)[t]; }
+  int64_t offset(int64_t t) const { return (*offsets)[t]; }
+  // Time index of processing step s (s = 0 is the first step this direction runs).
+  int64_t time_of(int64_t s) const { return reverse ? T_ - 1 - s : s; }
+};
+
+// Rows of a fused pass handed to one thread: enough hidden units that the OpenMP
+// fork/join (a few microseconds) is paid back.
+inline int64_t rows_per_task(int64_t H) {
+  constexpr int64_t kUnitsPerTask = 4096;
+  return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
+}
+
+template <typename T>
+class ForwardPass {
+ public:
+  // h [B, P] and c [B, H] hold h0/c0 on entry and h_n/c_n on exit. `gates` has room for
+  // `chunk` steps of rows ([chunk * B, 4H] at most) unless `train`, when it holds all rows
+  // and keeps the activated gates; `cell` [N, H] is written only when `train`. `h_raw`
+  // [B, H] is scratch for the projection (unused without one).
+  ForwardPass(const LayerParams<T>& p, bool train, int64_t chunk, T* gates, T* y, T* cell,
+              T* h, T* c, T* h_raw)
+      : p_(p), train_(train), chunk_(chunk), gates_(gates), y_(y), cell_(cell), h_(h), c_(c),
+        h_raw_(h_raw) {}
+
+  void Run() {
+    const int64_t G = 4 * p_.H;
+    // The input projection runs one chunk of steps at a time; a chunk's rows are contiguous
+    // in either direction.
+    for (int64_t s0 = 0; s0 < p_.T_; s0 += chunk_) {
+      const int64_t s1 = std::min(s0 + chunk_, p_.T_);
+      const int64_t t_lo = std::min(p_.time_of(s0), p_.time_of(s1 - 1));
+      const int64_t t_hi = std::max(p_.time_of(s0), p_.time_of(s1 - 1));
+      const int64_t row_lo = p_.offset(t_lo), row_hi = p_.offset(t_hi + 1);
+      T* ws = train_ ? gates_ + row_lo * G : gates_;
+      gemm<T>(false, true, row_hi - row_lo, G, p_.I, p_.x + row_lo * p_.I, p_.I, p_.w_ih, p_.I,
+              T(0), ws, G);
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t t = p_.time_of(s);
+        Iterate(t, ws + (p_.offset(t) - row_lo) * G);
+      }
+    }
+  }
+
+ private:
+  void Iterate(int64_t t, T* gates_t) {
+    const int64_t n = p_.rows(t), row = p_.offset(t), H = p_.H, P = p_.P, G = 4 * H;
+    gemm<T>(false, true, n, G, P, h_, P, p_.w_hh, P, T(1), gates_t, G);
+    T* cell_t = train_ ? cell_ + row * H : nullptr;
+    // Without a projection h goes straight to the output and the running state.
+    T* h_out = p_.w_hr ? h_raw_ : y_ + row * P;
+    at::parallel_for(0, n, rows_per_task(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        Row(gates_t + b * G, c_ + b * H, cell_t ? cell_t + b * H : nullptr, h_out + b * H,
+            p_.w_hr ? nullptr : h_ + b * H);
+      }
+    });
+    if (p_.w_hr) {
+      gemm<T>(false, true, n, P, H, h_raw_, H, p_.w_hr, H, T(0), y_ + row * P, P);
+      std::copy(y_ + row * P, y_ + (row + n) * P, h_);
+    }
+  }
+
+  // One row: a = x W_ih^T + h W_hh^T (i|f|g|o blocks) in, activated gates out when training.
+  void Row(T* a, T* c, T* cell_out, T* h_out, T* h_state) const {
+    const int64_t H = p_.H;
+    const T* bias = p_.bias;
+    for (int64_t j = 0; j < H; ++j) {
+      const Gates<T> gate = activate(a[j] + bias[j], a[H + j] + bias[H + j],
+                                     a[2 * H + j] + bias[2 * H + j],
+                                     a[3 * H + j] + bias[3 * H + j]);
+      const T c_next = cell_next(gate, c[j]);
+      const T h_next = hidden_next(gate, c_next);
+      c[j] = c_next;
+      h_out[j] = h_next;
+      if (h_state) h_state[j] = h_next;
+      if (cell_out) {
+        cell_out[j] = c_next;
+        a[j] = gate.i;
+        a[H + j] = gate.f;
+        a[2 * H + j] = gate.g;
+        a[3 * H + j] = gate.o;
+      }
+    }
+  }
+
+  const LayerParams<T>& p_;
+  const bool train_;
+  const int64_t chunk_;
+  T *gates_, *y_, *cell_, *h_, *c_, *h_raw_;
+};
+
+template <typename T>
+class BackwardPass {
+ public:
+  // Saved by the forward: y [N, P], gates [N, 4H] (activated), cell [N, H]; h0 [B, P],
+  // c0 [B, H]. `dy` [N, P] may be null. dh [B, P] and dc [B, H] hold dL/dh_n, dL/dc_n on
+  // entry and dL/dh0, dL/dc0 on exit. Scratch: h_prev [N, P] (each row's previous h, for
+  // dW_hh); with a projection dh_all [N, P], h_raw [N, H] and dh_raw [B, H].
+  struct Buffers {
+    T *dgates, *dh, *dc, *h_prev, *dh_all, *h_raw, *dh_raw;
+  };
+
+  BackwardPass(const LayerParams<T>& p, const T* h0, const T* c0, const T* y, const T* gates,
+               const T* cell, const T* dy, const Buffers& buf)
+      : p_(p), h0_(h0), c0_(c0), y_(y), gates_(gates), cell_(cell), dy_(dy), buf_(buf) {}
+
+  // Fills dx [N, I], dw_ih [4H, I], dw_hh [4H, P], dw_hr [P, H] (with a projection).
+  void Run(T* dx, T* dw_ih, T* dw_hh, T* dw_hr) {
+    const int64_t N = p_.offset(p_.T_), G = 4 * p_.H;
+    for (int64_t s = p_.T_ - 1; s >= 0; --s) {
+      Iterate(s);
+    }
+    gemm<T>(true, false, G, p_.P, N, buf_.dgates, G, buf_.h_prev, p_.P, T(0), dw_hh, p_.P);
+    gemm<T>(true, false, G, p_.I, N, buf_.dgates, G, p_.x, p_.I, T(0), dw_ih, p_.I);
+    gemm<T>(false, false, N, p_.I, G, buf_.dgates, G, p_.w_ih, p_.I, T(0), dx, p_.I);
+    if (p_.w_hr) {
+      gemm<T>(true, false, p_.P, p_.H, N, buf_.dh_all, p_.P, buf_.h_raw, p_.H, T(0), dw_hr,
+              p_.H);
+    }
+  }
+
+ private:
+  void Iterate(int64_t s) {
+    const int64_t t = p_.time_of(s), n = p_.rows(t), row = p_.offset(t);
+    const int64_t H = p_.H, P = p_.P, G = 4 * H;
+    // Rows [0, n_cont) continue from the previous step's rows; rows [n_cont, n) start here
+    // from h0/c0 (only in the reverse direction of a packed batch, or at the first step).
+    const int64_t t_prev = s > 0 ? p_.time_of(s - 1) : -1;
+    const int64_t n_cont = s > 0 ? std::min(n, p_.rows(t_prev)) : 0;
+    const int64_t row_prev = s > 0 ? p_.offset(t_prev) : 0;
+    T* h_prev = buf_.h_prev + row * P;
+    std::copy(y_ + row_prev * P, y_ + (row_prev + n_cont) * P, h_prev);
+    std::copy(h0_ + n_cont * P, h0_ + n * P, h_prev + n_cont * P);
+
+    // The cell's dL/dh is dh_a + dh_b, rows of dh_stride elements (either may be null).
+    const T* dh_a = dy_ ? dy_ + row * P : nullptr;
+    const T* dh_b = buf_.dh;
+    int64_t dh_stride = P;
+    if (p_.w_hr) {  // through the projection: dL/dh_raw = (dy + dh) @ W_hr
+      T* dh_t = buf_.dh_all + row * P;
+      for (int64_t k = 0; k < n * P; ++k) dh_t[k] = (dh_a ? dh_a[k] : T(0)) + dh_b[k];
+      gemm<T>(false, false, n, H, P, dh_t, P, p_.w_hr, H, T(0), buf_.dh_raw, H);
+      dh_a = buf_.dh_raw;
+      dh_b = nullptr;
+      dh_stride = H;
+    }
+    T* h_raw = p_.w_hr ? buf_.h_raw + row * H : nullptr;
+    at::parallel_for(0, n, rows_per_task(H), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* c_prev = b < n_cont ? cell_ + (row_prev + b) * H : c0_ + b * H;
+        Row(gates_ + (row + b) * G, c_prev, cell_ + (row + b) * H,
+            dh_a ? dh_a + b * dh_stride : nullptr, dh_b ? dh_b + b * dh_stride : nullptr,
+            buf_.dc + b * H, buf_.dgates + (row + b) * G, h_raw ? h_raw + b * H : nullptr);
+      }
+    });
+    gemm<T>(false, false, n, P, G, buf_.dgates + row * G, G, p_.w_hh, P, T(0), buf_.dh, P);
+  }
+
+  // One row: gate gradients from dL/dh = dh_a + dh_b (either may be null) and dc (in: dL/dc_t,
+  // out: dL/dc_prev). Writes o * tanh(c) to h_raw when given (for dW_hr).
+  void Row(const T* a, const T* c_prev, const T* c_t, const T* dh_a, const T* dh_b, T* dc,
+           T* da, T* h_raw) const {
+    const int64_t H = p_.H;
+    for (int64_t j = 0; j < H; ++j) {
+      const Gates<T> gate{a[j], a[H + j], a[2 * H + j], a[3 * H + j]};
+      const T dh = (dh_a ? dh_a[j] : T(0)) + (dh_b ? dh_b[j] : T(0));
+      T dc_prev;
+      const Gates<T> d = cell_backward(gate, c_prev[j], c_t[j], dh, dc[j], &dc_prev);
+      dc[j] = dc_prev;
+      da[j] = d.i;
+      da[H + j] = d.f;
+      da[2 * H + j] = d.g;
+      da[3 * H + j] = d.o;
+      if (h_raw) h_raw[j] = hidden_next(gate, c_t[j]);
+    }
+  }
+
+  const LayerParams<T>& p_;
+  const T *h0_, *c0_, *y_, *gates_, *cell_, *dy_;
+  const Buffers buf_;
+};
+
+}  // namespace fused_lstm::cpu
