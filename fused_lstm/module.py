@@ -200,15 +200,16 @@ class FusedLSTM(nn.Module):
         )
         # Half precision runs the float32 kernels: float32 accumulation and cell state.
         dtype = x.dtype
-        compute = torch.float32 if dtype in _checks.UPCAST_DTYPES else dtype
-        cast = lambda t: t.to(compute)
+        upcast = dtype in _checks.UPCAST_DTYPES
+        cast = (lambda t: t.float()) if upcast else (lambda t: t)
         x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
         D = self.num_directions
+        all_weights = self.all_weights
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
-                weights = [cast(w) for w in self.all_weights[layer * D + direction]]
+                weights = [cast(w) for w in all_weights[layer * D + direction]]
                 w_ih, w_hh = weights[0], weights[1]
                 bias = weights[2] + weights[3] if self.bias else None
                 w_hr = weights[-1] if self.proj_size else None
@@ -221,4 +222,7 @@ class FusedLSTM(nn.Module):
             x = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, p=self.dropout, training=True)
-        return x.to(dtype), torch.stack(h_n).to(dtype), torch.stack(c_n).to(dtype)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if upcast:
+            return x.to(dtype), h_n.to(dtype), c_n.to(dtype)
+        return x, h_n, c_n

@@ -4,6 +4,7 @@ from typing import Tuple
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from fused_lstm import FusedLSTM
 
@@ -25,10 +26,16 @@ def run(model: nn.Module, x: torch.Tensor, hx, weights):
     """Forward, then gradients of a loss that weights every output differently, so that a
     gradient landing on the wrong element cannot cancel out. Returns the outputs and the
     gradients of the input, of h0/c0 (if given) and of every parameter."""
-    x = x.detach().clone().requires_grad_()
+    if isinstance(x, PackedSequence):  # the gradient flows to the packed data
+        x = x._replace(data=x.data.detach().clone().requires_grad_())
+        leaf = x.data
+    else:
+        x = leaf = x.detach().clone().requires_grad_()
     hx = None if hx is None else tuple(s.detach().clone().requires_grad_() for s in hx)
     out, (h_n, c_n) = model(x, hx)
+    if isinstance(out, PackedSequence):
+        out = out.data
     loss = (out * weights[0]).sum() + (h_n * weights[1]).sum() + (c_n * weights[2]).sum()
-    leaves = [x] + ([] if hx is None else list(hx)) + list(model.parameters())
+    leaves = [leaf] + ([] if hx is None else list(hx)) + list(model.parameters())
     grads = torch.autograd.grad(loss, leaves)
     return (out, h_n, c_n), grads
