@@ -8,9 +8,11 @@
 // Backward takes the activated gates (not the pre-activations) because that is what the
 // forward saves: every derivative below is written in terms of the activation's output.
 //
-// Plain inline functions over scalars so that the CPU kernel (csrc/cpu) and the CUDA
-// kernel (csrc/cuda) compile the very same code; the CPU tests therefore check the math
-// the GPU runs.
+// Inline function templates over a number type T so that the CPU kernels (csrc/cpu, T a
+// scalar or a SIMD vector of floats) and the CUDA kernel (csrc/cuda) compile the very same
+// code; the CPU tests therefore check the math the GPU runs. T needs +, -, *, /, a
+// constructor from a scalar, and exp/tanh found by argument-dependent lookup (std:: for
+// float and double, the SIMD headers for vectors).
 #pragma once
 
 #include <cmath>
@@ -27,12 +29,14 @@ namespace fused_lstm {
 // gives 1/inf = 0, underflow gives 1/1 = 1), no NaN for any finite or infinite input.
 template <typename T>
 LSTM_HOST_DEVICE T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
+  using std::exp;
+  return T(1) / (T(1) + exp(-x));
 }
 
 template <typename T>
 LSTM_HOST_DEVICE T tanh_(T x) {
-  return std::tanh(x);
+  using std::tanh;
+  return tanh(x);
 }
 
 // d sigmoid(x)/dx written in terms of y = sigmoid(x).

@@ -1,6 +1,8 @@
 // Op schemas of the fused_lstm namespace and the checks every implementation runs first.
 #include "ops.h"
 
+#include "cpu/isa/kernels.h"
+
 #include <Python.h>
 
 namespace fused_lstm {
@@ -137,9 +139,54 @@ TORCH_LIBRARY(fused_lstm, m) {
 
 }  // namespace fused_lstm
 
-// `import fused_lstm._C` loads this library, which registers the ops above; the Python
-// module itself is empty.
+// `import fused_lstm._C` loads this library, which registers the ops above. The module
+// itself only exposes the CPU kernels' instruction-set switch.
+namespace {
+
+using fused_lstm::cpu::Isa;
+
+PyObject* py_cpu_isa(PyObject*, PyObject*) {
+  return PyUnicode_FromString(fused_lstm::cpu::isa_name(fused_lstm::cpu::active_isa()));
+}
+
+// Parses an ISA name; sets a ValueError naming the accepted values if it is not one.
+bool isa_arg(PyObject* args, Isa* isa) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &name)) return false;
+  if (!fused_lstm::cpu::parse_isa(name, isa)) {
+    PyErr_Format(PyExc_ValueError, "isa must be one of 'generic', 'avx2', 'avx512', got '%s'",
+                 name);
+    return false;
+  }
+  return true;
+}
+
+PyObject* py_cpu_supports(PyObject*, PyObject* args) {
+  Isa isa;
+  if (!isa_arg(args, &isa)) return nullptr;
+  return PyBool_FromLong(fused_lstm::cpu::cpu_supports(isa));
+}
+
+PyObject* py_set_cpu_isa(PyObject*, PyObject* args) {
+  Isa isa;
+  if (!isa_arg(args, &isa)) return nullptr;
+  if (!fused_lstm::cpu::set_isa(isa)) {
+    PyErr_Format(PyExc_RuntimeError, "this CPU cannot run the '%s' kernels",
+                 fused_lstm::cpu::isa_name(isa));
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"cpu_isa", py_cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use."},
+    {"cpu_supports", py_cpu_supports, METH_VARARGS, "Whether this CPU can run an ISA's kernels."},
+    {"set_cpu_isa", py_set_cpu_isa, METH_VARARGS, "Use the kernels built for this ISA."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

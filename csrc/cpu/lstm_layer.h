@@ -25,8 +25,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "../lstm_cell.h"
 #include "blas.h"
+#include "isa/kernels.h"
 
 namespace fused_lstm::cpu {
 
@@ -61,7 +61,8 @@ class ForwardPass {
   // [B, H] is scratch for the projection (unused without one).
   ForwardPass(const LayerParams<T>& p, bool train, int64_t chunk, T* gates, T* y, T* cell,
               T* h, T* c, T* h_raw)
-      : p_(p), train_(train), chunk_(chunk), gates_(gates), y_(y), cell_(cell), h_(h), c_(c),
+      : p_(p), train_(train), chunk_(chunk), gates_(gates), y_(y), cells_(cell), h_(h),
+        c_(c),
         h_raw_(h_raw) {}
 
   void Run() {
@@ -87,13 +88,14 @@ class ForwardPass {
   void Iterate(int64_t t, T* gates_t) {
     const int64_t n = p_.rows(t), row = p_.offset(t), H = p_.H, P = p_.P, G = 4 * H;
     gemm<T>(false, true, n, G, P, h_, P, p_.w_hh, P, T(1), gates_t, G);
-    T* cell_t = train_ ? cell_ + row * H : nullptr;
+    T* cell_t = train_ ? cells_ + row * H : nullptr;
     // Without a projection h goes straight to the output and the running state.
     T* h_out = p_.w_hr ? h_raw_ : y_ + row * P;
     at::parallel_for(0, n, rows_per_task(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
-        Row(gates_t + b * G, c_ + b * H, cell_t ? cell_t + b * H : nullptr, h_out + b * H,
-            p_.w_hr ? nullptr : h_ + b * H);
+        cell_kernels_.forward_row(H, gates_t + b * G, p_.bias, c_ + b * H,
+                          cell_t ? cell_t + b * H : nullptr, h_out + b * H,
+                          p_.w_hr ? nullptr : h_ + b * H);
       }
     });
     if (p_.w_hr) {
@@ -102,33 +104,11 @@ class ForwardPass {
     }
   }
 
-  // One row: a = x W_ih^T + h W_hh^T (i|f|g|o blocks) in, activated gates out when training.
-  void Row(T* a, T* c, T* cell_out, T* h_out, T* h_state) const {
-    const int64_t H = p_.H;
-    const T* bias = p_.bias;
-    for (int64_t j = 0; j < H; ++j) {
-      const Gates<T> gate = activate(a[j] + bias[j], a[H + j] + bias[H + j],
-                                     a[2 * H + j] + bias[2 * H + j],
-                                     a[3 * H + j] + bias[3 * H + j]);
-      const T c_next = cell_next(gate, c[j]);
-      const T h_next = hidden_next(gate, c_next);
-      c[j] = c_next;
-      h_out[j] = h_next;
-      if (h_state) h_state[j] = h_next;
-      if (cell_out) {
-        cell_out[j] = c_next;
-        a[j] = gate.i;
-        a[H + j] = gate.f;
-        a[2 * H + j] = gate.g;
-        a[3 * H + j] = gate.o;
-      }
-    }
-  }
-
   const LayerParams<T>& p_;
+  const CellKernels<T> cell_kernels_ = cell_kernels<T>();
   const bool train_;
   const int64_t chunk_;
-  T *gates_, *y_, *cell_, *h_, *c_, *h_raw_;
+  T *gates_, *y_, *cells_, *h_, *c_, *h_raw_;
 };
 
 template <typename T>
@@ -190,34 +170,17 @@ class BackwardPass {
     at::parallel_for(0, n, rows_per_task(H), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const T* c_prev = b < n_cont ? cell_ + (row_prev + b) * H : c0_ + b * H;
-        Row(gates_ + (row + b) * G, c_prev, cell_ + (row + b) * H,
-            dh_a ? dh_a + b * dh_stride : nullptr, dh_b ? dh_b + b * dh_stride : nullptr,
-            buf_.dc + b * H, buf_.dgates + (row + b) * G, h_raw ? h_raw + b * H : nullptr);
+        cell_kernels_.backward_row(H, gates_ + (row + b) * G, c_prev, cell_ + (row + b) * H,
+                                   dh_a ? dh_a + b * dh_stride : nullptr,
+                                   dh_b ? dh_b + b * dh_stride : nullptr, buf_.dc + b * H,
+                                   buf_.dgates + (row + b) * G, h_raw ? h_raw + b * H : nullptr);
       }
     });
     gemm<T>(false, false, n, P, G, buf_.dgates + row * G, G, p_.w_hh, P, T(0), buf_.dh, P);
   }
 
-  // One row: gate gradients from dL/dh = dh_a + dh_b (either may be null) and dc (in: dL/dc_t,
-  // out: dL/dc_prev). Writes o * tanh(c) to h_raw when given (for dW_hr).
-  void Row(const T* a, const T* c_prev, const T* c_t, const T* dh_a, const T* dh_b, T* dc,
-           T* da, T* h_raw) const {
-    const int64_t H = p_.H;
-    for (int64_t j = 0; j < H; ++j) {
-      const Gates<T> gate{a[j], a[H + j], a[2 * H + j], a[3 * H + j]};
-      const T dh = (dh_a ? dh_a[j] : T(0)) + (dh_b ? dh_b[j] : T(0));
-      T dc_prev;
-      const Gates<T> d = cell_backward(gate, c_prev[j], c_t[j], dh, dc[j], &dc_prev);
-      dc[j] = dc_prev;
-      da[j] = d.i;
-      da[H + j] = d.f;
-      da[2 * H + j] = d.g;
-      da[3 * H + j] = d.o;
-      if (h_raw) h_raw[j] = hidden_next(gate, c_t[j]);
-    }
-  }
-
   const LayerParams<T>& p_;
+  const CellKernels<T> cell_kernels_ = cell_kernels<T>();
   const T *h0_, *c0_, *y_, *gates_, *cell_, *dy_;
   const Buffers buf_;
 };

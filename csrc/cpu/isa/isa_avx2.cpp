@@ -1,0 +1,22 @@
+// Kernels for AVX2 + FMA. Everything this unit compiles is AVX2 code, so it
+// includes nothing but intrinsics and the project's templates, instantiated only with this
+// unit's own types: no inline function shared with baseline code can pick up AVX2.
+#pragma GCC target("avx2,fma")
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "../../lstm_cell.h"
+#include "kernels.h"
+
+namespace fused_lstm::cpu::avx2 {
+#include "vec_avx2.h"
+#include "vec_math.h"
+#include "cell_rows.h"
+
+CellKernels<float> cell_kernels() {
+  return {&forward_row<Vec, float>, &backward_row<Vec, float>};
+}
+
+}  // namespace fused_lstm::cpu::avx2

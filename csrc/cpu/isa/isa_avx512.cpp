@@ -1,0 +1,22 @@
+// Kernels for AVX-512 (F, DQ, BW, VL). Everything this unit compiles is AVX-512 code, so it
+// includes nothing but intrinsics and the project's templates, instantiated only with this
+// unit's own types: no inline function shared with baseline code can pick up AVX-512.
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "../../lstm_cell.h"
+#include "kernels.h"
+
+namespace fused_lstm::cpu::avx512 {
+#include "vec_avx512.h"
+#include "vec_math.h"
+#include "cell_rows.h"
+
+CellKernels<float> cell_kernels() {
+  return {&forward_row<Vec, float>, &backward_row<Vec, float>};
+}
+
+}  // namespace fused_lstm::cpu::avx512

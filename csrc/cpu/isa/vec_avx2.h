@@ -1,0 +1,45 @@
+// 8 floats in one AVX2 register. Include only from a translation unit compiled for
+// AVX2 + FMA (isa_avx2.cpp), inside that unit's own namespace, after <immintrin.h>.
+
+struct Vec {
+  static constexpr int kWidth = 8;
+  __m256 v;
+
+  Vec() = default;
+  Vec(__m256 x) : v(x) {}
+  Vec(float x) : v(_mm256_set1_ps(x)) {}
+
+  static Vec load(const float* p) { return _mm256_loadu_ps(p); }
+  void store(float* p) const { _mm256_storeu_ps(p, v); }
+  // The first n < kWidth lanes; the others read as 0 and are not written.
+  static Vec load(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask(n)); }
+  void store(float* p, int64_t n) const { _mm256_maskstore_ps(p, mask(n), v); }
+  static __m256i mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+};
+
+inline Vec operator+(Vec a, Vec b) { return _mm256_add_ps(a.v, b.v); }
+inline Vec operator-(Vec a, Vec b) { return _mm256_sub_ps(a.v, b.v); }
+inline Vec operator*(Vec a, Vec b) { return _mm256_mul_ps(a.v, b.v); }
+inline Vec operator/(Vec a, Vec b) { return _mm256_div_ps(a.v, b.v); }
+inline Vec operator-(Vec a) { return _mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f)); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a.v, b.v, c.v); }
+// NaN in x comes out as NaN (min/max return their second operand when one is NaN).
+inline Vec clamp(Vec x, float lo, float hi) {
+  return _mm256_max_ps(_mm256_set1_ps(lo), _mm256_min_ps(_mm256_set1_ps(hi), x.v));
+}
+inline Vec round_nearest(Vec x) {
+  return _mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+// y * 2^n for integral n in [-127, 127] (exp's clamp keeps n there).
+inline Vec scale_pow2(Vec y, Vec n) {
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y.v, _mm256_castsi256_ps(e));
+}
+// Lanes where |x| < t take a, the others b.
+inline Vec select_small(Vec x, float t, Vec a, Vec b) {
+  const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x.v);
+  return _mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(ax, _mm256_set1_ps(t), _CMP_LT_OQ));
+}

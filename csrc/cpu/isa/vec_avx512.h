@@ -1,0 +1,39 @@
+// 16 floats in one AVX-512 register. Include only from a translation unit compiled for
+// AVX-512 (isa_avx512.cpp), inside that unit's own namespace, after <immintrin.h>.
+
+struct Vec {
+  static constexpr int kWidth = 16;
+  __m512 v;
+
+  Vec() = default;
+  Vec(__m512 x) : v(x) {}
+  Vec(float x) : v(_mm512_set1_ps(x)) {}
+
+  static Vec load(const float* p) { return _mm512_loadu_ps(p); }
+  void store(float* p) const { _mm512_storeu_ps(p, v); }
+  // The first n < kWidth lanes; the others read as 0 and are not written.
+  static Vec load(const float* p, int64_t n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  void store(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static __mmask16 mask(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+};
+
+inline Vec operator+(Vec a, Vec b) { return _mm512_add_ps(a.v, b.v); }
+inline Vec operator-(Vec a, Vec b) { return _mm512_sub_ps(a.v, b.v); }
+inline Vec operator*(Vec a, Vec b) { return _mm512_mul_ps(a.v, b.v); }
+inline Vec operator/(Vec a, Vec b) { return _mm512_div_ps(a.v, b.v); }
+inline Vec operator-(Vec a) { return _mm512_xor_ps(a.v, _mm512_set1_ps(-0.0f)); }
+inline Vec fmadd(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a.v, b.v, c.v); }
+// NaN in x comes out as NaN (min/max return their second operand when one is NaN).
+inline Vec clamp(Vec x, float lo, float hi) {
+  return _mm512_max_ps(_mm512_set1_ps(lo), _mm512_min_ps(_mm512_set1_ps(hi), x.v));
+}
+inline Vec round_nearest(Vec x) {
+  return _mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+// y * 2^n for integral n.
+inline Vec scale_pow2(Vec y, Vec n) { return _mm512_scalef_ps(y.v, n.v); }
+// Lanes where |x| < t take a, the others b.
+inline Vec select_small(Vec x, float t, Vec a, Vec b) {
+  const __m512 ax = _mm512_abs_ps(x.v);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(t), _CMP_LT_OQ), b.v, a.v);
+}
