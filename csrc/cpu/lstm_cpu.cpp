@@ -38,6 +38,62 @@ LayerParams<T> layer_params(const LayerSizes& n, const at::Tensor& input, const 
           w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), ptr_or_null<T>(w_hr), ptr_or_null<T>(bias)};
 }
 
+// At most this many sequences: the input projection is hoisted out of the time loop into
+// one GEMM, and each step only streams W_hh. Larger batches reuse each weight panel over
+// enough rows that the per-step [x_t, h] @ [W_ih; W_hh]^T pass wins (and the projection
+// buffer would not stay in cache).
+constexpr int64_t kHoistMaxBatch = 16;
+
+// The fused float32 forward (isa/fused_forward.h): writes output, cell (when training), the
+// activated gates (when training), c_n; returns h_n.
+at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const at::Tensor& input,
+                         const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                         const at::Tensor& bias, bool reverse, bool train, int64_t chunk,
+                         at::Tensor& workspace, at::Tensor& output, at::Tensor& cell,
+                         at::Tensor& c_n) {
+  const bool hoisted = n.B <= kHoistMaxBatch;
+  at::Tensor panels = at::empty({kernels.panel_floats(n.I, n.H, hoisted)}, input.options());
+  FusedForwardArgs args{n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoisted, 0, n.T,
+                        input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
+                        bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
+                        output.data_ptr<float>(), train ? cell.data_ptr<float>() : nullptr,
+                        c_n.data_ptr<float>(), at::get_num_threads()};
+  kernels.pack(args, panels.data_ptr<float>());
+  const int64_t G = 4 * n.H;
+  float* ws = workspace.data_ptr<float>();
+  if (!hoisted) {
+    args.gates = train ? ws : nullptr;
+    kernels.forward(args, panels.data_ptr<float>());
+  }
+  // Hoisted: the projection of a chunk of steps (all of them when training) by one GEMM,
+  // then the fused steps of that chunk; chunk rows are contiguous in either direction.
+  for (int64_t s0 = 0; hoisted && s0 < n.T; s0 += chunk) {
+    const int64_t s1 = std::min(s0 + chunk, n.T);
+    const int64_t t_lo = reverse ? n.T - s1 : s0, t_hi = reverse ? n.T - 1 - s0 : s1 - 1;
+    const int64_t row_lo = n.offsets[t_lo], row_hi = n.offsets[t_hi + 1];
+    float* gates = train ? ws + row_lo * G : ws;
+    gemm<float>(false, true, row_hi - row_lo, G, n.I, input.data_ptr<float>() + row_lo * n.I,
+                n.I, w_ih.data_ptr<float>(), n.I, 0.0f, gates, G);
+    args.s0 = s0;
+    args.s1 = s1;
+    args.gates = gates;
+    args.gates_row0 = row_lo;
+    kernels.forward(args, panels.data_ptr<float>());
+  }
+  // Each sequence's h_n is its output at its own last step: step 0 for all of them in the
+  // reverse direction; forward, step t is the last for sequences [rows(t + 1), rows(t)).
+  const at::Tensor y = output.view({-1, n.H});
+  at::Tensor h_n = at::empty({n.B, n.H}, input.options());
+  if (reverse) {
+    h_n.copy_(y.narrow(0, 0, n.B));
+  }
+  for (int64_t t = 0; !reverse && t < n.T; ++t) {
+    const int64_t lo = t + 1 < n.T ? n.rows(t + 1) : 0, hi = n.rows(t);
+    h_n.narrow(0, lo, hi - lo).copy_(y.narrow(0, n.offsets[t] + lo, hi - lo));
+  }
+  return h_n;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input_, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_,
     const at::Tensor& w_hh_, const std::optional<at::Tensor>& bias_,
@@ -61,6 +117,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   at::Tensor h_n = h0.contiguous().clone(), c_n = c0.contiguous().clone();
   at::Tensor h_raw = at::empty({w_hr.defined() ? n.B : 0, n.H}, opts);
 
+  const FusedKernels fused = fused_kernels();
+  if (input.scalar_type() == at::kFloat && fused.forward && !w_hr.defined() && n.T > 0) {
+    h_n = fused_forward(fused, n, input, h0.contiguous(), w_ih, w_hh, bias, reverse, train,
+                        chunk, workspace, output, cell, c_n);
+    return {output, h_n, c_n, gates, cell};
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer", [&] {
     const auto p = layer_params<scalar_t>(n, input, w_ih, w_hh, w_hr, bias, reverse);
     ForwardPass<scalar_t>(p, train, chunk, workspace.data_ptr<scalar_t>(),

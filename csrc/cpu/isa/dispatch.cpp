@@ -114,6 +114,15 @@ CellKernels<float> cell_kernels<float>() {
   return generic::cell_kernels<float>();
 }
 
+FusedKernels fused_kernels() {
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512::fused_kernels();
+    case Isa::kAvx2: return avx2::fused_kernels();
+    case Isa::kGeneric: break;
+  }
+  return {nullptr, nullptr, nullptr};
+}
+
 template <>
 CellKernels<double> cell_kernels<double>() {
   return generic::cell_kernels<double>();

@@ -4,6 +4,7 @@
 #pragma GCC target("avx2,fma")
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <cstdint>
 
@@ -14,9 +15,14 @@ namespace fused_lstm::cpu::avx2 {
 #include "vec_avx2.h"
 #include "vec_math.h"
 #include "cell_rows.h"
+#include "fused_forward.h"
 
 CellKernels<float> cell_kernels() {
   return {&forward_row<Vec, float>, &backward_row<Vec, float>};
+}
+
+FusedKernels fused_kernels() {
+  return {&panel_floats, &pack_panels, &fused_forward};
 }
 
 }  // namespace fused_lstm::cpu::avx2

@@ -4,6 +4,7 @@
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,avx2")
 
 #include <immintrin.h>
+#include <omp.h>
 
 #include <cstdint>
 
@@ -14,9 +15,14 @@ namespace fused_lstm::cpu::avx512 {
 #include "vec_avx512.h"
 #include "vec_math.h"
 #include "cell_rows.h"
+#include "fused_forward.h"
 
 CellKernels<float> cell_kernels() {
   return {&forward_row<Vec, float>, &backward_row<Vec, float>};
+}
+
+FusedKernels fused_kernels() {
+  return {&panel_floats, &pack_panels, &fused_forward};
 }
 
 }  // namespace fused_lstm::cpu::avx512

@@ -17,6 +17,30 @@ struct CellKernels {
                        const T* dh_b, T* dc, T* da, T* h_raw);
 };
 
+// One layer's forward time loop, fused (isa/fused_forward.h); float32, no projection.
+struct FusedForwardArgs {
+  int64_t T, B, I, H;
+  const int64_t* offsets;  // T + 1 row offsets (see LayerSizes)
+  bool reverse;
+  bool hoisted;            // x @ W_ih^T is already in `gates`; the kernel only adds h @ W_hh^T
+  int64_t s0, s1;          // the processing steps to run
+  const float *x, *w_ih, *w_hh, *bias, *h0;
+  // [rows, 4H] starting at row gates_row0: the hoisted projection in, the activated gates out
+  // when `cell` is given (training); null when neither.
+  float* gates;
+  int64_t gates_row0;
+  float* y;     // [N, H] output
+  float* cell;  // [N, H] cell states, only when training
+  float* c;     // [B, H] running c: c0 in, c_n out
+  int num_threads;
+};
+
+struct FusedKernels {
+  int64_t (*panel_floats)(int64_t I, int64_t H, bool hoisted);
+  void (*pack)(const FusedForwardArgs& args, float* panels);
+  void (*forward)(const FusedForwardArgs& args, const float* panels);
+};
+
 // The ISA in use: the best this CPU supports, unless FUSED_LSTM_CPU_ISA (generic, avx2,
 // avx512) or set_isa asked for another one this CPU supports.
 Isa active_isa();
@@ -28,6 +52,8 @@ bool parse_isa(const char* name, Isa* isa);
 
 template <typename T>
 CellKernels<T> cell_kernels();  // for the active ISA; float64 always runs the generic code
+// For the active ISA; null members for the generic build.
+FusedKernels fused_kernels();
 
 namespace generic {
 template <typename T>
@@ -35,9 +61,11 @@ CellKernels<T> cell_kernels();
 }
 namespace avx2 {
 CellKernels<float> cell_kernels();
+FusedKernels fused_kernels();
 }
 namespace avx512 {
 CellKernels<float> cell_kernels();
+FusedKernels fused_kernels();
 }
 
 }  // namespace fused_lstm::cpu
