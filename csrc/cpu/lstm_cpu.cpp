@@ -168,6 +168,23 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   at::Tensor grad_w_hh = at::zeros({4 * n.H, n.P}, opts);
   at::Tensor grad_w_hr = at::zeros({proj ? n.P : 0, n.H}, opts);
 
+  const FusedKernels fused = fused_kernels();
+  if (input.scalar_type() == at::kFloat && fused.backward && !proj) {
+    at::Tensor panels = at::empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
+    const int threads = at::get_num_threads();
+    fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
+    const FusedBackwardArgs args{
+        n.T, n.B, n.H, n.offsets.data(), reverse, h0.data_ptr<float>(), c0.data_ptr<float>(),
+        output.data_ptr<float>(), gates.data_ptr<float>(), cell.data_ptr<float>(),
+        ptr_or_null<float>(dy), dgates.data_ptr<float>(), grad_h0.data_ptr<float>(),
+        grad_c0.data_ptr<float>(), h_prev.data_ptr<float>(), threads};
+    fused.backward(args, panels.data_ptr<float>());
+    weight_gradients<float>(n, dgates.data_ptr<float>(), h_prev.data_ptr<float>(),
+                            input.data_ptr<float>(), w_ih.data_ptr<float>(),
+                            grad_input.data_ptr<float>(), grad_w_ih.data_ptr<float>(),
+                            grad_w_hh.data_ptr<float>());
+    return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, dgates.sum(0)};
+  }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {
     using T = scalar_t;
     const auto p = layer_params<T>(n, input, w_ih, w_hh, w_hr, at::Tensor(), reverse);

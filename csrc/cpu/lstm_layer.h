@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../ops.h"
 #include "blas.h"
 #include "isa/kernels.h"
 
@@ -50,6 +51,17 @@ struct LayerParams {
 inline int64_t rows_per_task(int64_t H) {
   constexpr int64_t kUnitsPerTask = 4096;
   return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
+}
+
+// After the time loop: dW_hh = dgates^T @ h_prev, dW_ih = dgates^T @ x, dx = dgates @ W_ih,
+// one GEMM each over all N rows.
+template <typename T>
+void weight_gradients(const LayerSizes& n, const T* dgates, const T* h_prev, const T* x,
+                      const T* w_ih, T* dx, T* dw_ih, T* dw_hh) {
+  const int64_t G = 4 * n.H;
+  gemm<T>(true, false, G, n.P, n.N, dgates, G, h_prev, n.P, T(0), dw_hh, n.P);
+  gemm<T>(true, false, G, n.I, n.N, dgates, G, x, n.I, T(0), dw_ih, n.I);
+  gemm<T>(false, false, n.N, n.I, G, dgates, G, w_ih, n.I, T(0), dx, n.I);
 }
 
 template <typename T>
@@ -132,9 +144,8 @@ class BackwardPass {
     for (int64_t s = p_.T_ - 1; s >= 0; --s) {
       Iterate(s);
     }
-    gemm<T>(true, false, G, p_.P, N, buf_.dgates, G, buf_.h_prev, p_.P, T(0), dw_hh, p_.P);
-    gemm<T>(true, false, G, p_.I, N, buf_.dgates, G, p_.x, p_.I, T(0), dw_ih, p_.I);
-    gemm<T>(false, false, N, p_.I, G, buf_.dgates, G, p_.w_ih, p_.I, T(0), dx, p_.I);
+    weight_gradients<T>({p_.T_, p_.B, N, p_.I, p_.H, p_.P, {}}, buf_.dgates, buf_.h_prev, p_.x,
+                        p_.w_ih, dx, dw_ih, dw_hh);
     if (p_.w_hr) {
       gemm<T>(true, false, p_.P, p_.H, N, buf_.dh_all, p_.P, buf_.h_raw, p_.H, T(0), dw_hr,
               p_.H);

@@ -120,7 +120,7 @@ FusedKernels fused_kernels() {
     case Isa::kAvx2: return avx2::fused_kernels();
     case Isa::kGeneric: break;
   }
-  return {nullptr, nullptr, nullptr};
+  return {};
 }
 
 template <>

@@ -16,13 +16,15 @@ namespace fused_lstm::cpu::avx512 {
 #include "vec_math.h"
 #include "cell_rows.h"
 #include "fused_forward.h"
+#include "fused_backward.h"
 
 CellKernels<float> cell_kernels() {
   return {&forward_row<Vec, float>, &backward_row<Vec, float>};
 }
 
 FusedKernels fused_kernels() {
-  return {&panel_floats, &pack_panels, &fused_forward};
+  return {&panel_floats, &pack_panels, &fused_forward, &column_panel_floats, &pack_columns,
+          &fused_backward};
 }
 
 }  // namespace fused_lstm::cpu::avx512

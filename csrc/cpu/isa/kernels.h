@@ -35,10 +35,27 @@ struct FusedForwardArgs {
   int num_threads;
 };
 
+// One layer's backward time loop, fused (isa/fused_backward.h); float32, no projection.
+struct FusedBackwardArgs {
+  int64_t T, B, H;
+  const int64_t* offsets;
+  bool reverse;
+  const float *h0, *c0, *y, *gates, *cell;  // the forward's inputs and saved state
+  const float* dy;                          // [N, H] or null
+  float* dgates;                            // [N, 4H] out
+  float *dh, *dc;                           // [B, H]: dL/dh_n, dL/dc_n in; dL/dh0, dL/dc0 out
+  float* h_prev;                            // [N, H] out: each row's previous h, for dW_hh
+  int num_threads;
+};
+
 struct FusedKernels {
   int64_t (*panel_floats)(int64_t I, int64_t H, bool hoisted);
   void (*pack)(const FusedForwardArgs& args, float* panels);
   void (*forward)(const FusedForwardArgs& args, const float* panels);
+  // Panels of 4W columns of a row-major [K, N] matrix (W_hh for the backward).
+  int64_t (*column_panel_floats)(int64_t K, int64_t N);
+  void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);
+  void (*backward)(const FusedBackwardArgs& args, const float* panels);
 };
 
 // The ISA in use: the best this CPU supports, unless FUSED_LSTM_CPU_ISA (generic, avx2,

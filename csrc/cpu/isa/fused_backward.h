@@ -1,0 +1,112 @@
+// The backward time loop of one layer, per ISA (include after fused_forward.h, whose
+// tile_dot it shares). Per step, in reverse order of the forward:
+//   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; the row's
+//      previous h is gathered for the dW_hh GEMM that runs after the loop;
+//   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh.
+// One OpenMP region for the whole loop. Rows are independent, so with enough of them each
+// thread takes its own rows and never waits; otherwise threads split the rows in phase 1 and
+// the column panels in phase 2, with a barrier after each.
+
+int64_t column_panel_floats(int64_t K, int64_t N) {
+  const int64_t cols = 4 * Vec::kWidth;
+  return (N + cols - 1) / cols * K * cols;
+}
+
+// panels[c][k][0..4W) = w[k][c * 4W + ...], zero-padded past N.
+void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_threads) {
+  constexpr int64_t cols = 4 * Vec::kWidth;
+  const int64_t blocks = (N + cols - 1) / cols;
+#pragma omp parallel for num_threads(num_threads) schedule(static)
+  for (int64_t c = 0; c < blocks; ++c) {
+    for (int64_t k = 0; k < K; ++k) {
+      float* dst = panels + (c * K + k) * cols;
+      for (int64_t u = 0; u < cols; ++u) {
+        dst[u] = c * cols + u < N ? w[k * N + c * cols + u] : 0.0f;
+      }
+    }
+  }
+}
+
+// dh rows [r0, r0 + R), column panel c: dh = dgates rows @ W_hh.
+template <int R>
+void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t r0,
+             int64_t c) {
+  constexpr int W = Vec::kWidth;
+  const int64_t G = 4 * a.H;
+  const float* rows[kTileRows];
+  for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
+  Vec acc[R][4];
+  tile_dot<R>(rows, G, nullptr, 0, panels + c * G * 4 * W, acc);
+  for (int r = 0; r < R; ++r) {
+    float* dh = a.dh + (r0 + r) * a.H;
+    for (int g = 0; g < 4; ++g) {
+      const int64_t col = c * 4 * W + g * W, n = imin(W, a.H - col);
+      if (n > 0) store_n(acc[r][g], dh + col, n);
+    }
+  }
+}
+
+void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t lo,
+             int64_t hi, int64_t c_lo, int64_t c_hi) {
+  for (int64_t c = c_lo; c < c_hi; ++c) {
+    for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
+      switch (imin(kTileRows, hi - r0)) {
+        case 6: dh_tile<6>(a, panels, row, r0, c); break;
+        case 5: dh_tile<5>(a, panels, row, r0, c); break;
+        case 4: dh_tile<4>(a, panels, row, r0, c); break;
+        case 3: dh_tile<3>(a, panels, row, r0, c); break;
+        case 2: dh_tile<2>(a, panels, row, r0, c); break;
+        default: dh_tile<1>(a, panels, row, r0, c); break;
+      }
+    }
+  }
+}
+
+// Phase 1 for rows [lo, hi) of step t.
+void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi) {
+  const int64_t H = a.H, G = 4 * H;
+  const int64_t t = a.reverse ? a.T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
+  const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
+  // Rows below n_cont continued from the previous step; the others started from h0/c0.
+  const int64_t n_cont = s == 0 ? 0 : imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev]);
+  const int64_t row_prev = s == 0 ? 0 : a.offsets[t_prev];
+  for (int64_t b = lo; b < imin(hi, n); ++b) {
+    const bool cont = b < n_cont;
+    const float* c_prev = cont ? a.cell + (row_prev + b) * H : a.c0 + b * H;
+    const float* h_prev = cont ? a.y + (row_prev + b) * H : a.h0 + b * H;
+    float* h_prev_out = a.h_prev + (row + b) * H;
+    for (int64_t j = 0; j < H; j += Vec::kWidth) {
+      const int64_t m = imin(Vec::kWidth, H - j);
+      store_n(load_n<Vec>(h_prev + j, m), h_prev_out + j, m);
+    }
+    backward_row<Vec, float>(H, a.gates + (row + b) * G, c_prev, a.cell + (row + b) * H,
+                             a.dy ? a.dy + (row + b) * H : nullptr, a.dh + b * H,
+                             a.dc + b * H, a.dgates + (row + b) * G, nullptr);
+  }
+}
+
+void fused_backward(const FusedBackwardArgs& a, const float* panels) {
+  const int64_t blocks = (a.H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
+  const int nt = a.num_threads;
+  const bool split_rows = blocks < nt || (blocks < 4 * nt && a.B >= 2 * kTileRows * nt);
+#pragma omp parallel num_threads(nt)
+  {
+    const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
+    const int64_t per_row = (a.B + threads - 1) / threads;
+    const int64_t lo = imin(a.B, tid * per_row), hi = imin(a.B, lo + per_row);
+    const int64_t per_block = (blocks + threads - 1) / threads;
+    const int64_t c_lo = imin(blocks, tid * per_block), c_hi = imin(blocks, c_lo + per_block);
+    for (int64_t s = a.T - 1; s >= 0; --s) {
+      const int64_t t = a.reverse ? a.T - 1 - s : s;
+      const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
+      cell_rows_backward(a, s, lo, hi);
+      if (split_rows) {
+        dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks);
+      } else {
+#pragma omp barrier
+        dh_rows(a, panels, row, 0, n, c_lo, c_hi);
+#pragma omp barrier
+      }
+    }
+  }
+}
