@@ -2,7 +2,7 @@
 
 Every error names the argument, the expected and the actual value.
 """
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -56,11 +56,13 @@ def check_hx(hx: object) -> Optional[Tuple[object, object]]:
     return hx[0], hx[1]
 
 
-def check_parameters(params: Iterable[Tuple[str, Tensor, Tuple[int, ...]]], like: Tensor) -> None:
+def check_parameters(
+    expected: Sequence[Tuple[str, Tuple[int, ...]]], params: Sequence[Tensor], like: Tensor
+) -> None:
     """Weights may have been replaced after construction: check shape, dtype and device."""
-    for name, param, expected in params:
-        if tuple(param.shape) != expected:
-            raise ValueError(f"{name} must have shape {expected}, got {tuple(param.shape)}")
+    for (name, shape), param in zip(expected, params):
+        if param.shape != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(param.shape)}")
         if param.dtype != like.dtype:
             raise TypeError(
                 f"{name} has dtype {param.dtype} but input has dtype {like.dtype}; convert the "

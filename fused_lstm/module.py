@@ -85,8 +85,9 @@ class FusedLSTM(nn.Module):
         factory = {"device": device, "dtype": dtype}
         # Registration order matches nn.LSTM, so parameters() and the state_dict line up and
         # the same seed gives the same initial weights.
-        self._flat_weights_names = [name for name, _ in self._param_shapes()]
-        for name, shape in self._param_shapes():
+        self._flat_shapes = list(self._param_shapes())
+        self._flat_weights_names = [name for name, _ in self._flat_shapes]
+        for name, shape in self._flat_shapes:
             self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
 
@@ -99,8 +100,10 @@ class FusedLSTM(nn.Module):
     @property
     def all_weights(self) -> List[List[nn.Parameter]]:
         """Parameters per layer and direction, as ``nn.LSTM.all_weights``."""
+        return self._group_weights([getattr(self, name) for name in self._flat_weights_names])
+
+    def _group_weights(self, flat: List[Tensor]) -> List[List[Tensor]]:
         per = (4 if self.bias else 2) + (1 if self.proj_size else 0)
-        flat = [getattr(self, name) for name in self._flat_weights_names]
         return [flat[k:k + per] for k in range(0, len(flat), per)]
 
     def extra_repr(self) -> str:
@@ -159,14 +162,14 @@ class FusedLSTM(nn.Module):
                 raise ValueError("input must have at least one time step, got sequence length 0")
             batch = x.shape[1]
         unbatched = not packed and input.dim() == 2
-        _checks.check_parameters(
-            ((name, getattr(self, name), shape) for name, shape in self._param_shapes()), x
-        )
+        # Read the parameters once per call: they may have been replaced since construction.
+        flat = [getattr(self, name) for name in self._flat_weights_names]
+        _checks.check_parameters(self._flat_shapes, flat, x)
         h0, c0 = self._initial_state(hx, x, batch, unbatched)
         if sorted_indices is not None:  # the user's batch order -> PackedSequence's order
             h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
 
-        output, h_n, c_n = self._run_layers(x, h0, c0, batch_sizes)
+        output, h_n, c_n = self._run_layers(x, h0, c0, batch_sizes, flat)
 
         if unsorted_indices is not None:
             h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
@@ -190,13 +193,13 @@ class FusedLSTM(nn.Module):
         return (h0.unsqueeze(1), c0.unsqueeze(1)) if unbatched else (h0, c0)
 
     def _run_layers(
-        self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor]
+        self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor], flat: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """All layers and directions on time-major ``(T, B, I)`` or packed ``(N, I)`` rows."""
         # Keep per-step state for backward only when a gradient can be taken.
         train = torch.is_grad_enabled() and (
             x.requires_grad or h0.requires_grad or c0.requires_grad
-            or any(p.requires_grad for p in self.parameters())
+            or any(p.requires_grad for p in flat)
         )
         # Half precision runs the float32 kernels: float32 accumulation and cell state.
         dtype = x.dtype
@@ -204,7 +207,7 @@ class FusedLSTM(nn.Module):
         cast = (lambda t: t.float()) if upcast else (lambda t: t)
         x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
         D = self.num_directions
-        all_weights = self.all_weights
+        all_weights = self._group_weights(flat)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
