@@ -140,7 +140,7 @@ TORCH_LIBRARY(fused_lstm, m) {
 }  // namespace fused_lstm
 
 // `import fused_lstm._C` loads this library, which registers the ops above. The module
-// itself only exposes the CPU kernels' instruction-set switch.
+// itself only exposes the CPU kernels' instruction-set switch and FMA peak.
 namespace {
 
 using fused_lstm::cpu::Isa;
@@ -178,10 +178,22 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+PyObject* py_fma_peak_gflops(PyObject*, PyObject* args) {
+  int threads = 1;
+  if (!PyArg_ParseTuple(args, "i", &threads)) return nullptr;
+  const auto kernels = fused_lstm::cpu::fused_kernels();
+  if (!kernels.fma_peak_gflops || threads < 1) Py_RETURN_NONE;
+  double gflops = 0.0;
+  Py_BEGIN_ALLOW_THREADS gflops = kernels.fma_peak_gflops(threads);
+  Py_END_ALLOW_THREADS return PyFloat_FromDouble(gflops);
+}
+
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use."},
     {"cpu_supports", py_cpu_supports, METH_VARARGS, "Whether this CPU can run an ISA's kernels."},
     {"set_cpu_isa", py_set_cpu_isa, METH_VARARGS, "Use the kernels built for this ISA."},
+    {"fma_peak_gflops", py_fma_peak_gflops, METH_VARARGS,
+     "Measured fp32 FMA GFLOP/s of the active ISA on n threads (None for generic)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -19,8 +19,9 @@ _BACKEND_ENV = "FUSED_LSTM_BACKEND"
 def _load_extension() -> Tuple[bool, str]:
     if os.environ.get(_BACKEND_ENV, "") == "reference":
         return False, f"{_BACKEND_ENV}=reference is set"
+    global _C
     try:
-        from . import _C  # noqa: F401  (loading the library registers torch.ops.fused_lstm)
+        from . import _C  # loading the library registers torch.ops.fused_lstm
     except ImportError as exc:
         warnings.warn(
             f"fused_lstm: the compiled extension could not be loaded ({exc}); FusedLSTM runs "
@@ -33,12 +34,40 @@ def _load_extension() -> Tuple[bool, str]:
     return True, "compiled extension loaded"
 
 
+_C = None
 HAS_EXTENSION, LOAD_REASON = _load_extension()
 
 
 def backend() -> str:
     """``"cpp"`` when the compiled kernels are in use, ``"reference"`` for the fallback."""
     return "cpp" if HAS_EXTENSION else "reference"
+
+
+def cpu_isa() -> str:
+    """The instruction set the CPU kernels run: ``"avx512"``, ``"avx2"`` or ``"generic"``
+    (float64 always runs the generic kernels); ``"reference"`` without the extension."""
+    return _C.cpu_isa() if HAS_EXTENSION else "reference"
+
+
+def set_cpu_isa(isa: str) -> None:
+    """Run the CPU kernels built for ``isa`` (``"generic"``, ``"avx2"``, ``"avx512"``).
+    The default is the best this CPU supports; the environment variable
+    ``FUSED_LSTM_CPU_ISA`` sets it at import. Raises ValueError for an unknown name and
+    RuntimeError for one this CPU cannot run."""
+    if not HAS_EXTENSION:
+        raise RuntimeError("the compiled extension is not loaded: " + LOAD_REASON)
+    _C.set_cpu_isa(isa)
+
+
+def cpu_supports(isa: str) -> bool:
+    """Whether this CPU can run the kernels built for ``isa``."""
+    return HAS_EXTENSION and _C.cpu_supports(isa)
+
+
+def fma_peak_gflops(threads: int) -> Optional[float]:
+    """Measured fp32 FMA GFLOP/s of the active ISA on ``threads`` threads (None if the
+    extension is missing or the generic kernels are active)."""
+    return _C.fma_peak_gflops(threads) if HAS_EXTENSION else None
 
 
 if HAS_EXTENSION:

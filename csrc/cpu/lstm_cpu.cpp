@@ -158,7 +158,11 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   at::Tensor grad_c0 = grad_c_n.has_value() ? grad_c_n->contiguous().clone()
                                             : at::zeros({n.B, n.H}, opts);
   at::Tensor dgates = at::empty({n.N, 4 * n.H}, opts);
-  at::Tensor h_prev = at::empty({n.N, n.P}, opts);
+  const FusedKernels fused = fused_kernels();
+  // Each row's previous h for dW_hh, gathered only for packed input (see weight_gradients).
+  const bool fused_path = input.scalar_type() == at::kFloat && fused.backward && !proj;
+  const bool gather = batch_sizes.has_value() || !fused_path;
+  at::Tensor h_prev = at::empty({gather ? n.N : 0, n.P}, opts);
   at::Tensor dh_all = at::empty({proj ? n.N : 0, n.P}, opts);
   at::Tensor h_raw = at::empty({proj ? n.N : 0, n.H}, opts);
   at::Tensor dh_raw = at::empty({proj ? n.B : 0, n.H}, opts);
@@ -168,8 +172,7 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   at::Tensor grad_w_hh = at::zeros({4 * n.H, n.P}, opts);
   at::Tensor grad_w_hr = at::zeros({proj ? n.P : 0, n.H}, opts);
 
-  const FusedKernels fused = fused_kernels();
-  if (input.scalar_type() == at::kFloat && fused.backward && !proj) {
+  if (fused_path) {
     at::Tensor panels = at::empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
     const int threads = at::get_num_threads();
     fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
@@ -177,12 +180,13 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
         n.T, n.B, n.H, n.offsets.data(), reverse, h0.data_ptr<float>(), c0.data_ptr<float>(),
         output.data_ptr<float>(), gates.data_ptr<float>(), cell.data_ptr<float>(),
         ptr_or_null<float>(dy), dgates.data_ptr<float>(), grad_h0.data_ptr<float>(),
-        grad_c0.data_ptr<float>(), h_prev.data_ptr<float>(), threads};
+        grad_c0.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr, threads};
     fused.backward(args, panels.data_ptr<float>());
-    weight_gradients<float>(n, dgates.data_ptr<float>(), h_prev.data_ptr<float>(),
+    weight_gradients<float>(n, dgates.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
                             input.data_ptr<float>(), w_ih.data_ptr<float>(),
                             grad_input.data_ptr<float>(), grad_w_ih.data_ptr<float>(),
-                            grad_w_hh.data_ptr<float>());
+                            grad_w_hh.data_ptr<float>(), output.data_ptr<float>(),
+                            h0.data_ptr<float>(), reverse);
     return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, dgates.sum(0)};
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {

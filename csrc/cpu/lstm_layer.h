@@ -54,12 +54,23 @@ inline int64_t rows_per_task(int64_t H) {
 }
 
 // After the time loop: dW_hh = dgates^T @ h_prev, dW_ih = dgates^T @ x, dx = dgates @ W_ih,
-// one GEMM each over all N rows.
+// one GEMM each over all N rows. `h_prev` holds each row's previous h; without it (every
+// sequence full length) the previous h of a row is the output one step earlier, or h0 on
+// the first step, and dW_hh takes one GEMM over the shifted output plus one over h0 (the
+// shifted rows need no copy).
 template <typename T>
 void weight_gradients(const LayerSizes& n, const T* dgates, const T* h_prev, const T* x,
-                      const T* w_ih, T* dx, T* dw_ih, T* dw_hh) {
-  const int64_t G = 4 * n.H;
-  gemm<T>(true, false, G, n.P, n.N, dgates, G, h_prev, n.P, T(0), dw_hh, n.P);
+                      const T* w_ih, T* dx, T* dw_ih, T* dw_hh, const T* y, const T* h0,
+                      bool reverse) {
+  const int64_t G = 4 * n.H, B = n.B, rest = n.N - B;
+  if (h_prev) {
+    gemm<T>(true, false, G, n.P, n.N, dgates, G, h_prev, n.P, T(0), dw_hh, n.P);
+  } else {  // forward: rows [B, N) follow y rows [0, N - B); reverse: rows [0, N - B), y [B, N)
+    gemm<T>(true, false, G, n.P, rest, dgates + (reverse ? 0 : B * G), G, y + (reverse ? B * n.P : 0),
+            n.P, T(0), dw_hh, n.P);
+    gemm<T>(true, false, G, n.P, B, dgates + (reverse ? rest * G : 0), G, h0, n.P, T(1), dw_hh,
+            n.P);
+  }
   gemm<T>(true, false, G, n.I, n.N, dgates, G, x, n.I, T(0), dw_ih, n.I);
   gemm<T>(false, false, n.N, n.I, G, dgates, G, w_ih, n.I, T(0), dx, n.I);
 }
@@ -145,7 +156,7 @@ class BackwardPass {
       Iterate(s);
     }
     weight_gradients<T>({p_.T_, p_.B, N, p_.I, p_.H, p_.P, {}}, buf_.dgates, buf_.h_prev, p_.x,
-                        p_.w_ih, dx, dw_ih, dw_hh);
+                        p_.w_ih, dx, dw_ih, dw_hh, y_, h0_, p_.reverse);
     if (p_.w_hr) {
       gemm<T>(true, false, p_.P, p_.H, N, buf_.dh_all, p_.P, buf_.h_raw, p_.H, T(0), dw_hr,
               p_.H);

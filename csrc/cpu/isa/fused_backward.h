@@ -1,7 +1,7 @@
 // The backward time loop of one layer, per ISA (include after fused_forward.h, whose
 // tile_dot it shares). Per step, in reverse order of the forward:
-//   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; the row's
-//      previous h is gathered for the dW_hh GEMM that runs after the loop;
+//   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; for packed
+//      input the row's previous h is gathered for the dW_hh GEMM after the loop;
 //   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh.
 // One OpenMP region for the whole loop. Rows are independent, so with enough of them each
 // thread takes its own rows and never waits; otherwise threads split the rows in phase 1 and
@@ -74,10 +74,9 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
     const bool cont = b < n_cont;
     const float* c_prev = cont ? a.cell + (row_prev + b) * H : a.c0 + b * H;
     const float* h_prev = cont ? a.y + (row_prev + b) * H : a.h0 + b * H;
-    float* h_prev_out = a.h_prev + (row + b) * H;
-    for (int64_t j = 0; j < H; j += Vec::kWidth) {
+    for (int64_t j = 0; a.h_prev && j < H; j += Vec::kWidth) {
       const int64_t m = imin(Vec::kWidth, H - j);
-      store_n(load_n<Vec>(h_prev + j, m), h_prev_out + j, m);
+      store_n(load_n<Vec>(h_prev + j, m), a.h_prev + (row + b) * H + j, m);
     }
     backward_row<Vec, float>(H, a.gates + (row + b) * G, c_prev, a.cell + (row + b) * H,
                              a.dy ? a.dy + (row + b) * H : nullptr, a.dh + b * H,

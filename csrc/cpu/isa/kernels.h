@@ -44,7 +44,7 @@ struct FusedBackwardArgs {
   const float* dy;                          // [N, H] or null
   float* dgates;                            // [N, 4H] out
   float *dh, *dc;                           // [B, H]: dL/dh_n, dL/dc_n in; dL/dh0, dL/dc0 out
-  float* h_prev;                            // [N, H] out: each row's previous h, for dW_hh
+  float* h_prev;  // [N, H] out: each row's previous h, for dW_hh; null: not gathered
   int num_threads;
 };
 
@@ -56,6 +56,8 @@ struct FusedKernels {
   int64_t (*column_panel_floats)(int64_t K, int64_t N);
   void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);
   void (*backward)(const FusedBackwardArgs& args, const float* panels);
+  // Measured fp32 FMA GFLOP/s of this ISA on num_threads threads.
+  double (*fma_peak_gflops)(int num_threads);
 };
 
 // The ISA in use: the best this CPU supports, unless FUSED_LSTM_CPU_ISA (generic, avx2,

@@ -1,0 +1,91 @@
+"""Every CPU kernel path this machine can run (AVX-512, AVX2, generic) against nn.LSTM, and
+the switch between them."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fused_lstm
+from conftest import make_pair, run
+from test_parity import check_parity
+
+pytestmark = pytest.mark.skipif(fused_lstm.backend() != "cpp", reason="compiled extension not loaded")
+
+ISAS = [isa for isa in ("generic", "avx2", "avx512") if fused_lstm.cpu_supports(isa)]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    default = fused_lstm.cpu_isa()
+    fused_lstm.set_cpu_isa(request.param)
+    yield request.param
+    fused_lstm.set_cpu_isa(default)
+
+
+# Shapes that take every branch of the fused kernels: one row and a few (hoisted
+# projection, threads split hidden groups), many rows (threads split rows), hidden sizes
+# that are and are not a multiple of the vector width, a partial last row tile.
+SHAPES = [  # T, B, layers, bidirectional, (I, H)
+    (9, 1, 2, True, (7, 37)),
+    (5, 3, 1, False, (16, 16)),
+    (6, 29, 2, True, (10, 50)),
+    (4, 40, 1, False, (33, 70)),
+    (3, 13, 1, True, (5, 130)),
+]
+
+
+@pytest.mark.parametrize("T,B,layers,bidirectional,sizes", SHAPES)
+@pytest.mark.parametrize("batch_first,with_state", [(False, True), (True, False)])
+def test_parity_on_every_isa(isa, T, B, layers, bidirectional, sizes, batch_first, with_state):
+    assert fused_lstm.cpu_isa() == isa
+    check_parity(torch.float32, T, B, layers, batch_first, bidirectional, with_state, True, sizes)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_on_every_isa(isa, bidirectional):
+    ref, fused = make_pair(input_size=6, hidden_size=40, num_layers=2, bidirectional=bidirectional)
+    lengths = torch.tensor([3, 9, 9, 1, 5, 7, 2, 8, 6, 4, 9, 3, 5, 1])
+    packed = pack_padded_sequence(torch.randn(9, len(lengths), 6), lengths, enforce_sorted=False)
+    weights = [torch.randn(int(lengths.sum()), 40 * (2 if bidirectional else 1)),
+               torch.randn(2 * (2 if bidirectional else 1), len(lengths), 40),
+               torch.randn(2 * (2 if bidirectional else 1), len(lengths), 40)]
+    for a, b in zip(sum(run(fused, packed, None, weights), ()), sum(run(ref, packed, None, weights), ())):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_nonfinite_inputs_propagate_like_nn_lstm(isa):
+    ref, fused = make_pair(input_size=4, hidden_size=20)
+    x = torch.randn(6, 3, 4)
+    x[2, 0, 1] = float("nan")
+    x[1, 1, 0] = float("inf")
+    x[4, 2, 3] = -float("inf")
+    with torch.no_grad():
+        for a, b in zip((fused(x)[0],) + fused(x)[1], (ref(x)[0],) + ref(x)[1]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0, equal_nan=True)
+
+
+def test_isa_switch_and_errors():
+    default = fused_lstm.cpu_isa()
+    assert default == ISAS[-1], "the default is the best ISA this CPU supports"
+    with pytest.raises(ValueError, match="isa must be one of 'generic', 'avx2', 'avx512', got 'sse9'"):
+        fused_lstm.set_cpu_isa("sse9")
+    assert fused_lstm.cpu_isa() == default
+    try:
+        for isa in ISAS:
+            fused_lstm.set_cpu_isa(isa)
+            assert fused_lstm.cpu_isa() == isa
+            peak = fused_lstm.fma_peak_gflops(1)
+            assert peak is None if isa == "generic" else peak > 1.0
+    finally:
+        fused_lstm.set_cpu_isa(default)
+
+
+def test_environment_variable_picks_the_isa():
+    script = "import fused_lstm; print(fused_lstm.cpu_isa())"
+    env = dict(os.environ, FUSED_LSTM_CPU_ISA="generic")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "generic"
