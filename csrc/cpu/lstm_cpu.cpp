@@ -57,7 +57,9 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
                         input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
                         bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
                         output.data_ptr<float>(), train ? cell.data_ptr<float>() : nullptr,
-                        c_n.data_ptr<float>(), at::get_num_threads()};
+                        c_n.data_ptr<float>(), nullptr, at::get_num_threads()};
+  at::Tensor partial = at::empty({args.num_threads * n.B * 64}, input.options());
+  args.partial = partial.data_ptr<float>();
   kernels.pack(args, panels.data_ptr<float>());
   const int64_t G = 4 * n.H;
   float* ws = workspace.data_ptr<float>();
@@ -176,11 +178,13 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
     at::Tensor panels = at::empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
     const int threads = at::get_num_threads();
     fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
+    at::Tensor partial = at::empty({threads * n.B * 64}, opts);
     const FusedBackwardArgs args{
         n.T, n.B, n.H, n.offsets.data(), reverse, h0.data_ptr<float>(), c0.data_ptr<float>(),
         output.data_ptr<float>(), gates.data_ptr<float>(), cell.data_ptr<float>(),
         ptr_or_null<float>(dy), dgates.data_ptr<float>(), grad_h0.data_ptr<float>(),
-        grad_c0.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr, threads};
+        grad_c0.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
+        partial.data_ptr<float>(), threads};
     fused.backward(args, panels.data_ptr<float>());
     weight_gradients<float>(n, dgates.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
                             input.data_ptr<float>(), w_ih.data_ptr<float>(),

@@ -1,5 +1,5 @@
 // The backward time loop of one layer, per ISA (include after fused_forward.h, whose
-// tile_dot it shares). Per step, in reverse order of the forward:
+// tile_accumulate and K blocking it shares). Per step, in reverse order of the forward:
 //   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; for packed
 //      input the row's previous h is gathered for the dW_hh GEMM after the loop;
 //   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh.
@@ -27,16 +27,22 @@ void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_t
   }
 }
 
-// dh rows [r0, r0 + R), column panel c: dh = dgates rows @ W_hh.
+// dh rows [r0, r0 + R), column panel c, K block [k_lo, k_hi): dh = dgates rows @ W_hh,
+// K-blocked as the forward (fused_forward.h).
 template <int R>
 void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t r0,
-             int64_t c) {
+             int64_t c, int64_t k_lo, int64_t k_hi, float* partial) {
   constexpr int W = Vec::kWidth;
   const int64_t G = 4 * a.H;
   const float* rows[kTileRows];
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
-  tile_dot<R>(rows, G, nullptr, 0, panels + c * G * 4 * W, acc);
+  load_partial<R>(acc, partial, k_lo == 0);
+  tile_accumulate<R>(rows, G, nullptr, k_lo, k_hi, panels + c * G * 4 * W, acc);
+  if (k_hi < G) {
+    store_partial<R>(acc, partial);
+    return;
+  }
   for (int r = 0; r < R; ++r) {
     float* dh = a.dh + (r0 + r) * a.H;
     for (int g = 0; g < 4; ++g) {
@@ -47,16 +53,21 @@ void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
 }
 
 void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t lo,
-             int64_t hi, int64_t c_lo, int64_t c_hi) {
+             int64_t hi, int64_t c_lo, int64_t c_hi, float* partial) {
+  const int64_t G = 4 * a.H;
   for (int64_t c = c_lo; c < c_hi; ++c) {
-    for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
-      switch (imin(kTileRows, hi - r0)) {
-        case 6: dh_tile<6>(a, panels, row, r0, c); break;
-        case 5: dh_tile<5>(a, panels, row, r0, c); break;
-        case 4: dh_tile<4>(a, panels, row, r0, c); break;
-        case 3: dh_tile<3>(a, panels, row, r0, c); break;
-        case 2: dh_tile<2>(a, panels, row, r0, c); break;
-        default: dh_tile<1>(a, panels, row, r0, c); break;
+    for (int64_t k_lo = 0; k_lo < G; k_lo += kKBlock) {
+      const int64_t k_hi = imin(G, k_lo + kKBlock);
+      for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
+        float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
+        switch (imin(kTileRows, hi - r0)) {
+          case 6: dh_tile<6>(a, panels, row, r0, c, k_lo, k_hi, part); break;
+          case 5: dh_tile<5>(a, panels, row, r0, c, k_lo, k_hi, part); break;
+          case 4: dh_tile<4>(a, panels, row, r0, c, k_lo, k_hi, part); break;
+          case 3: dh_tile<3>(a, panels, row, r0, c, k_lo, k_hi, part); break;
+          case 2: dh_tile<2>(a, panels, row, r0, c, k_lo, k_hi, part); break;
+          default: dh_tile<1>(a, panels, row, r0, c, k_lo, k_hi, part); break;
+        }
       }
     }
   }
@@ -91,6 +102,7 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
 #pragma omp parallel num_threads(nt)
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
+    float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     const int64_t per_row = (a.B + threads - 1) / threads;
     const int64_t lo = imin(a.B, tid * per_row), hi = imin(a.B, lo + per_row);
     const int64_t per_block = (blocks + threads - 1) / threads;
@@ -100,10 +112,10 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
       const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
       cell_rows_backward(a, s, lo, hi);
       if (split_rows) {
-        dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks);
+        dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks, partial);
       } else {
 #pragma omp barrier
-        dh_rows(a, panels, row, 0, n, c_lo, c_hi);
+        dh_rows(a, panels, row, 0, n, c_lo, c_hi, partial);
 #pragma omp barrier
       }
     }

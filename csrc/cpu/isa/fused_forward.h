@@ -40,30 +40,30 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
   }
 }
 
-// acc[r][g] = sum_k a[r][k] * panel[k][g] over the x part (K0 columns) then the h part.
+// acc[r][g] += sum over k in [k_lo, k_hi) of row_r[k] * panel[k][g], where row_r[k] is
+// a_rows[r][k] for k < Ka and b_rows[r][k - Ka] after (the [x_t, h] concatenation, never
+// materialized).
 template <int R>
-inline void tile_dot(const float* const* x_rows, int64_t K0, const float* const* h_rows,
-                     int64_t K1, const float* panel, Vec (&acc)[R][4]) {
+inline void tile_accumulate(const float* const* a_rows, int64_t Ka, const float* const* b_rows,
+                            int64_t k_lo, int64_t k_hi, const float* panel, Vec (&acc)[R][4]) {
   constexpr int W = Vec::kWidth;
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = Vec(0.0f);
-  const float* w = panel;
-  for (int64_t k = 0; k < K0; ++k, w += 4 * W) {
+  const float* w = panel + k_lo * 4 * W;
+  for (int64_t k = k_lo; k < imin(k_hi, Ka); ++k, w += 4 * W) {
     const Vec w0 = Vec::load(w), w1 = Vec::load(w + W), w2 = Vec::load(w + 2 * W),
               w3 = Vec::load(w + 3 * W);
     for (int r = 0; r < R; ++r) {
-      const Vec x(x_rows[r][k]);
+      const Vec x(a_rows[r][k]);
       acc[r][0] = fmadd(x, w0, acc[r][0]);
       acc[r][1] = fmadd(x, w1, acc[r][1]);
       acc[r][2] = fmadd(x, w2, acc[r][2]);
       acc[r][3] = fmadd(x, w3, acc[r][3]);
     }
   }
-  for (int64_t k = 0; k < K1; ++k, w += 4 * W) {
+  for (int64_t k = k_lo > Ka ? k_lo : Ka; k < k_hi; ++k, w += 4 * W) {
     const Vec w0 = Vec::load(w), w1 = Vec::load(w + W), w2 = Vec::load(w + 2 * W),
               w3 = Vec::load(w + 3 * W);
     for (int r = 0; r < R; ++r) {
-      const Vec h(h_rows[r][k]);
+      const Vec h(b_rows[r][k - Ka]);
       acc[r][0] = fmadd(h, w0, acc[r][0]);
       acc[r][1] = fmadd(h, w1, acc[r][1]);
       acc[r][2] = fmadd(h, w2, acc[r][2]);
@@ -72,15 +72,41 @@ inline void tile_dot(const float* const* x_rows, int64_t K0, const float* const*
   }
 }
 
-// One step: rows [r0, r0 + R) of step t, hidden group q.
+// K is walked in blocks of kKBlock so that a block of a panel (kKBlock x 4W floats, 32 KB
+// for AVX-512) stays in L1 while every row tile uses it; the R x 4 accumulators of a tile
+// are parked in `partial` (4W floats per row) between blocks.
+constexpr int64_t kKBlock = 128;
+
+template <int R>
+inline void load_partial(Vec (&acc)[R][4], const float* partial, bool first) {
+  constexpr int W = Vec::kWidth;
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g] = first ? Vec(0.0f) : Vec::load(partial + (r * 4 + g) * W);
+}
+
+template <int R>
+inline void store_partial(Vec (&acc)[R][4], float* partial) {
+  constexpr int W = Vec::kWidth;
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < 4; ++g) acc[r][g].store(partial + (r * 4 + g) * W);
+}
+
+// Rows [r0, r0 + R) of step t, hidden group q, K block [k_lo, k_hi); the last block runs
+// the cell epilogue.
 template <int R>
 void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64_t r0,
-                int64_t q, const float* const* x_rows, const float* const* h_rows) {
+                int64_t q, const float* const* x_rows, const float* const* h_rows, int64_t k_lo,
+                int64_t k_hi, float* partial) {
   constexpr int W = Vec::kWidth;
-  const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, j0 = q * W;
+  const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, j0 = q * W;
   const int64_t n = H - j0 < W ? H - j0 : W;
   Vec acc[R][4];
-  tile_dot<R>(x_rows, Kx, h_rows, H, panels + q * (Kx + H) * 4 * W, acc);
+  load_partial<R>(acc, partial, k_lo == 0);
+  tile_accumulate<R>(x_rows, Kx, h_rows, k_lo, k_hi, panels + q * K * 4 * W, acc);
+  if (k_hi < K) {
+    store_partial<R>(acc, partial);
+    return;
+  }
   const Vec b_i = load_n<Vec>(a.bias + j0, n), b_f = load_n<Vec>(a.bias + H + j0, n);
   const Vec b_g = load_n<Vec>(a.bias + 2 * H + j0, n), b_o = load_n<Vec>(a.bias + 3 * H + j0, n);
   for (int r = 0; r < R; ++r) {
@@ -110,7 +136,7 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
 
 // Rows [lo, hi) of step s (processing order), groups [q_lo, q_hi).
 void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64_t lo,
-                int64_t hi, int64_t q_lo, int64_t q_hi) {
+                int64_t hi, int64_t q_lo, int64_t q_hi, float* partial) {
   const int64_t t = a.reverse ? a.T - 1 - s : s;
   const int64_t t_prev = a.reverse ? t + 1 : t - 1;
   const int64_t n = a.offsets[t + 1] - a.offsets[t];
@@ -119,25 +145,30 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   // sequences that begin at this step).
   const int64_t n_cont = s == 0 ? 0 : imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev]);
   hi = imin(hi, n);
-  // Groups outer, row tiles inner: a group's weight panel is read from memory once per step
-  // and then from cache for every tile.
+  // Groups outer, then K blocks, row tiles inner: a block of a group's weight panel is read
+  // from memory once per step and then from L1 for every tile.
+  const int64_t K = (a.hoisted ? 0 : a.I) + a.H;
   for (int64_t q = q_lo; q < q_hi; ++q) {
-    for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
-      const int64_t R = imin(kTileRows, hi - r0);
-      const float* x_rows[kTileRows];
-      const float* h_rows[kTileRows];
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t b = r0 + r;
-        x_rows[r] = a.hoisted ? nullptr : a.x + (a.offsets[t] + b) * a.I;
-        h_rows[r] = b < n_cont ? a.y + (a.offsets[t_prev] + b) * a.H : a.h0 + b * a.H;
-      }
-      switch (R) {
-        case 6: fused_tile<6>(a, panels, t, r0, q, x_rows, h_rows); break;
-        case 5: fused_tile<5>(a, panels, t, r0, q, x_rows, h_rows); break;
-        case 4: fused_tile<4>(a, panels, t, r0, q, x_rows, h_rows); break;
-        case 3: fused_tile<3>(a, panels, t, r0, q, x_rows, h_rows); break;
-        case 2: fused_tile<2>(a, panels, t, r0, q, x_rows, h_rows); break;
-        default: fused_tile<1>(a, panels, t, r0, q, x_rows, h_rows); break;
+    for (int64_t k_lo = 0; k_lo < K; k_lo += kKBlock) {
+      const int64_t k_hi = imin(K, k_lo + kKBlock);
+      for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
+        const int64_t R = imin(kTileRows, hi - r0);
+        const float* x_rows[kTileRows];
+        const float* h_rows[kTileRows];
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t b = r0 + r;
+          x_rows[r] = a.hoisted ? nullptr : a.x + (a.offsets[t] + b) * a.I;
+          h_rows[r] = b < n_cont ? a.y + (a.offsets[t_prev] + b) * a.H : a.h0 + b * a.H;
+        }
+        float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
+        switch (R) {
+          case 6: fused_tile<6>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part); break;
+          case 5: fused_tile<5>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part); break;
+          case 4: fused_tile<4>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part); break;
+          case 3: fused_tile<3>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part); break;
+          case 2: fused_tile<2>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part); break;
+          default: fused_tile<1>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part); break;
+        }
       }
     }
   }
@@ -153,16 +184,17 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
 #pragma omp parallel num_threads(nt)
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
+    float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     if (split_rows) {
       const int64_t per = (a.B + threads - 1) / threads;
       for (int64_t s = a.s0; s < a.s1; ++s) {
-        fused_step(a, panels, s, tid * per, imin(a.B, (tid + 1) * per), 0, groups);
+        fused_step(a, panels, s, tid * per, imin(a.B, (tid + 1) * per), 0, groups, partial);
       }
     } else {
       const int64_t per = (groups + threads - 1) / threads;
       const int64_t q_lo = imin(groups, tid * per), q_hi = imin(groups, q_lo + per);
       for (int64_t s = a.s0; s < a.s1; ++s) {
-        fused_step(a, panels, s, 0, a.B, q_lo, q_hi);
+        fused_step(a, panels, s, 0, a.B, q_lo, q_hi, partial);
 #pragma omp barrier
       }
     }

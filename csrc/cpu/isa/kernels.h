@@ -32,6 +32,7 @@ struct FusedForwardArgs {
   float* y;     // [N, H] output
   float* cell;  // [N, H] cell states, only when training
   float* c;     // [B, H] running c: c0 in, c_n out
+  float* partial;  // scratch, num_threads * B * 64 floats
   int num_threads;
 };
 
@@ -45,6 +46,7 @@ struct FusedBackwardArgs {
   float* dgates;                            // [N, 4H] out
   float *dh, *dc;                           // [B, H]: dL/dh_n, dL/dc_n in; dL/dh0, dL/dc0 out
   float* h_prev;  // [N, H] out: each row's previous h, for dW_hh; null: not gathered
+  float* partial;  // scratch, num_threads * B * 64 floats
   int num_threads;
 };
 
