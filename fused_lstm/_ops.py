@@ -105,6 +105,9 @@ if HAS_EXTENSION:
         ctx.reverse = reverse
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(gates, cell)
+        # Outputs the loss does not use get None, not a materialized tensor of zeros (the
+        # kernel treats a missing gradient as zero without reading memory).
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell):
         input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cell = ctx.saved_tensors

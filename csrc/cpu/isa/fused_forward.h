@@ -147,10 +147,12 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   hi = imin(hi, n);
   // Groups outer, then K blocks, row tiles inner: a block of a group's weight panel is read
   // from memory once per step and then from L1 for every tile.
+  // Blocking pays only when enough row tiles reuse each block.
   const int64_t K = (a.hoisted ? 0 : a.I) + a.H;
+  const int64_t k_block = hi - lo > 4 * kTileRows ? kKBlock : K;
   for (int64_t q = q_lo; q < q_hi; ++q) {
-    for (int64_t k_lo = 0; k_lo < K; k_lo += kKBlock) {
-      const int64_t k_hi = imin(K, k_lo + kKBlock);
+    for (int64_t k_lo = 0; k_lo < K; k_lo += k_block) {
+      const int64_t k_hi = imin(K, k_lo + k_block);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         const int64_t R = imin(kTileRows, hi - r0);
         const float* x_rows[kTileRows];
