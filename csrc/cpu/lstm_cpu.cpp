@@ -188,22 +188,11 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
         grad_c0.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
         partial.data_ptr<float>(), threads};
     fused.backward(args, panels.data_ptr<float>());
-    // Each row's previous h: gathered (packed), or the output one step earlier and h0.
-    const float* y = output.data_ptr<float>();
-    const int64_t rest = n.N - n.B;
-    WeightGradArgs::Segment first{0, n.N, h_prev.data_ptr<float>()}, second{0, 0, nullptr};
-    if (!gather) {
-      first = {reverse ? 0 : n.B, rest, y + (reverse ? n.B * n.H : 0)};
-      second = {reverse ? rest : 0, n.B, h0.data_ptr<float>()};
-    }
-    at::Tensor wih_panels = at::empty({fused.column_panel_floats(4 * n.H, n.I)}, opts);
-    fused.pack_columns(w_ih.data_ptr<float>(), 4 * n.H, n.I, wih_panels.data_ptr<float>(), threads);
-    at::Tensor scratch = at::empty({threads * 96 * 64}, opts);
-    const WeightGradArgs wargs{n.N, n.I, n.H, dgates.data_ptr<float>(), input.data_ptr<float>(),
-                               {first, second}, grad_input.data_ptr<float>(),
-                               grad_w_ih.data_ptr<float>(), grad_w_hh.data_ptr<float>(),
-                               scratch.data_ptr<float>(), threads};
-    fused.weight_gradients(wargs, wih_panels.data_ptr<float>());
+    weight_gradients<float>(n, dgates.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
+                            input.data_ptr<float>(), w_ih.data_ptr<float>(),
+                            grad_input.data_ptr<float>(), grad_w_ih.data_ptr<float>(),
+                            grad_w_hh.data_ptr<float>(), output.data_ptr<float>(),
+                            h0.data_ptr<float>(), reverse);
     return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, dgates.sum(0)};
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {

@@ -17,7 +17,6 @@ namespace fused_lstm::cpu::avx512 {
 #include "cell_rows.h"
 #include "fused_forward.h"
 #include "fused_backward.h"
-#include "gemm.h"
 #include "fma_peak.h"
 
 CellKernels<float> cell_kernels() {
@@ -26,7 +25,7 @@ CellKernels<float> cell_kernels() {
 
 FusedKernels fused_kernels() {
   return {&panel_floats, &pack_panels, &fused_forward, &column_panel_floats, &pack_columns,
-          &fused_backward, &weight_gradients, &fma_peak_gflops};
+          &fused_backward, &fma_peak_gflops};
 }
 
 }  // namespace fused_lstm::cpu::avx512

@@ -50,22 +50,6 @@ struct FusedBackwardArgs {
   int num_threads;
 };
 
-// The products after the backward time loop (isa/gemm.h): dx = dgates @ W_ih,
-// dW_ih = dgates^T x, dW_hh = dgates^T h_prev, where h_prev, each row's previous h, comes in
-// two segments of rows (the second added onto the first): [shifted output, h0] for
-// full-length sequences, [gathered h_prev, nothing] for packed ones.
-struct WeightGradArgs {
-  int64_t N, I, H;
-  const float *dgates, *x;
-  struct Segment {
-    int64_t dgates_row, rows;
-    const float* h;  // rows x H
-  } h_segments[2];
-  float *dx, *dw_ih, *dw_hh;
-  float* partial;  // scratch, num_threads * 96 * 64 floats
-  int num_threads;
-};
-
 struct FusedKernels {
   int64_t (*panel_floats)(int64_t I, int64_t H, bool hoisted);
   void (*pack)(const FusedForwardArgs& args, float* panels);
@@ -74,7 +58,6 @@ struct FusedKernels {
   int64_t (*column_panel_floats)(int64_t K, int64_t N);
   void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);
   void (*backward)(const FusedBackwardArgs& args, const float* panels);
-  void (*weight_gradients)(const WeightGradArgs& args, const float* wih_panels);
   // Measured fp32 FMA GFLOP/s of this ISA on num_threads threads.
   double (*fma_peak_gflops)(int num_threads);
 };
