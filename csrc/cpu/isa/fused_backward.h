@@ -54,10 +54,10 @@ void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
 
 void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t lo,
              int64_t hi, int64_t c_lo, int64_t c_hi, float* partial) {
-  const int64_t G = 4 * a.H;
+  const int64_t G = 4 * a.H, k_block = hi - lo > 4 * kTileRows ? kKBlock : G;
   for (int64_t c = c_lo; c < c_hi; ++c) {
-    for (int64_t k_lo = 0; k_lo < G; k_lo += kKBlock) {
-      const int64_t k_hi = imin(G, k_lo + kKBlock);
+    for (int64_t k_lo = 0; k_lo < G; k_lo += k_block) {
+      const int64_t k_hi = imin(G, k_lo + k_block);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
         switch (imin(kTileRows, hi - r0)) {
