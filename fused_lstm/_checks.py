@@ -7,6 +7,11 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+class EmptySequenceError(ValueError, RuntimeError):
+    """A sequence of length 0. A ValueError, and a RuntimeError like nn.LSTM's, so code
+    written against either keeps catching it."""
+
+
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Computed by the float32 kernels (float32 accumulation and cell state), rounded on output.
 UPCAST_DTYPES = (torch.bfloat16, torch.float16)

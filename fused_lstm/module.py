@@ -159,7 +159,9 @@ class FusedLSTM(nn.Module):
             elif self.batch_first:
                 x = x.transpose(0, 1)
             if x.shape[0] == 0:
-                raise ValueError("input must have at least one time step, got sequence length 0")
+                raise _checks.EmptySequenceError(
+                    "Expected sequence length to be larger than 0 in RNN: input must have at "
+                    "least one time step, got sequence length 0")
             batch = x.shape[1]
         unbatched = not packed and input.dim() == 2
         # Read the parameters once per call: they may have been replaced since construction.

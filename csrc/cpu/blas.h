@@ -2,12 +2,16 @@
 // the x86 CPU wheels). Raw pointers keep the time loop free of tensor allocations.
 #pragma once
 
+#include <ATen/Context.h>
 #include <c10/util/Exception.h>
 
 #include <cstdint>
 #include <limits>
 
 extern "C" {
+// Present when torch's BLAS is MKL (weak: absent elsewhere, and then BlasDeterminism is a
+// no-op).
+int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
             const float* beta, float* c, const int* ldc);
@@ -17,6 +21,28 @@ void dgemm_(const char* transa, const char* transb, const int* m, const int* n, 
 }
 
 namespace fused_lstm::cpu {
+
+// MKL's GEMMs sum in an order that depends on its thread count. Under
+// torch.use_deterministic_algorithms(True) this scope runs them on one thread, so results do
+// not depend on torch.get_num_threads() (the fused kernels never do).
+class BlasDeterminism {
+ public:
+  BlasDeterminism() {
+    if (at::globalContext().deterministicAlgorithms() && MKL_Set_Num_Threads_Local) {
+      previous_ = MKL_Set_Num_Threads_Local(1);
+      active_ = true;
+    }
+  }
+  ~BlasDeterminism() {
+    if (active_) MKL_Set_Num_Threads_Local(previous_);
+  }
+  BlasDeterminism(const BlasDeterminism&) = delete;
+  BlasDeterminism& operator=(const BlasDeterminism&) = delete;
+
+ private:
+  bool active_ = false;
+  int previous_ = 0;
+};
 
 inline int blas_int(int64_t v) {
   TORCH_CHECK(v <= std::numeric_limits<int>::max(), "GEMM dimension ", v,

@@ -22,12 +22,13 @@ at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->contiguous() : at::Tensor();
 }
 
-// Shape of a per-row tensor with `features` columns, in the input's layout.
-std::vector<int64_t> rows_shape(const at::Tensor& input, int64_t rows, int64_t features) {
+// Shape of a per-row tensor with `features` columns in the input's layout: all its rows, or
+// none (the per-step state that inference does not keep).
+std::vector<int64_t> rows_shape(const at::Tensor& input, bool all_rows, int64_t features) {
   if (input.dim() == 3) {
-    return {rows == 0 ? 0 : input.size(0), input.size(1), features};
+    return {all_rows ? input.size(0) : 0, input.size(1), features};
   }
-  return {rows, features};
+  return {all_rows ? input.size(0) : 0, features};
 }
 
 template <typename T>
@@ -104,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     const std::optional<at::Tensor>& w_hr_, const std::optional<at::Tensor>& batch_sizes,
     bool reverse, bool train) {
   const LayerSizes n = check_forward(input_, h0, c0, w_ih_, w_hh_, bias_, w_hr_, batch_sizes);
+  const BlasDeterminism determinism;
   const auto opts = input_.options();
   const at::Tensor input = input_.contiguous(), w_ih = w_ih_.contiguous();
   const at::Tensor w_hh = w_hh_.contiguous(), w_hr = contiguous_or_undefined(w_hr_);
@@ -113,10 +115,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   // gates are kept for backward), else a chunk of bounded size.
   const int64_t chunk = train ? n.T : std::min(n.T, std::max<int64_t>(
       1, kInferenceChunkElems / std::max<int64_t>(n.B * 4 * n.H, 1)));
-  at::Tensor gates = at::empty(rows_shape(input, train ? n.N : 0, 4 * n.H), opts);
+  at::Tensor gates = at::empty(rows_shape(input, train, 4 * n.H), opts);
   at::Tensor workspace = train ? gates : at::empty({chunk * n.B, 4 * n.H}, opts);
-  at::Tensor cell = at::empty(rows_shape(input, train ? n.N : 0, n.H), opts);
-  at::Tensor output = at::empty(rows_shape(input, n.N, n.P), opts);
+  at::Tensor cell = at::empty(rows_shape(input, train, n.H), opts);
+  at::Tensor output = at::empty(rows_shape(input, true, n.P), opts);
   // The running state: starts as h0/c0, ends as h_n/c_n.
   at::Tensor h_n = h0.contiguous().clone(), c_n = c0.contiguous().clone();
   at::Tensor h_raw = at::empty({w_hr.defined() ? n.B : 0, n.H}, opts);
@@ -148,6 +150,7 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
                     const at::Tensor& gates_, const at::Tensor& cell_, bool reverse) {
   const LayerSizes n = check_backward(grad_output, grad_h_n, grad_c_n, input_, h0_, c0_, w_ih_,
                                       w_hh_, w_hr_, batch_sizes, output_, gates_, cell_);
+  const BlasDeterminism determinism;
   const auto opts = input_.options();
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const at::Tensor w_ih = w_ih_.contiguous(), w_hh = w_hh_.contiguous();
