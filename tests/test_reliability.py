@@ -53,7 +53,7 @@ def test_zero_length_sequence_raises_like_nn_lstm():
         fused(torch.randn(0, 2, 3))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(
     T=st.integers(1, 9), B=st.integers(0, 5), I=st.integers(1, 9), H=st.integers(1, 12),
     layers=st.integers(1, 3), bidirectional=st.booleans(), batch_first=st.booleans(),
@@ -123,8 +123,9 @@ def peak_rss_growth(fn):
 
 @pytest.mark.parametrize("batch", [1, 64])  # hoisted projection (chunked) and per-step tiles
 def test_inference_keeps_no_per_step_state(batch):
-    """T = 100,000 under no_grad: the peak is the input and the output plus a bounded
-    workspace (the hoisted projection runs in chunks of at most 4 MB), nothing per step."""
+    """T = 100,000 under no_grad: the peak is the output plus a bounded workspace (the
+    hoisted projection runs in chunks of at most 4 MB) and allocator slack, nothing per
+    step: what training keeps (gates and cell states) would be 5x the output."""
     T, I, H = 100_000 // batch, 4, 16
     fused = FusedLSTM(I, H)
     x = torch.randn(T, batch, I)
@@ -133,7 +134,7 @@ def test_inference_keeps_no_per_step_state(batch):
         growth = peak_rss_growth(lambda: fused(x))
     output = T * batch * H * 4
     saved_if_training = T * batch * 6 * H * 4  # gates and cell states: not kept
-    assert growth < output + 8 * 2**20, (growth, output)
+    assert growth < output + 16 * 2**20, (growth, output)
     assert growth < saved_if_training
 
 
