@@ -42,3 +42,36 @@ def test_fallback_backend_runs_reference():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_missing_extension_warns_once_and_falls_back():
+    """If fused_lstm._C cannot be imported (not built, or built against another torch),
+    `import fused_lstm` still works, warns once with the reason and the fix, and FusedLSTM
+    runs the reference."""
+    script = textwrap.dedent("""
+        import sys, warnings
+        class Block:  # make the compiled extension fail to import, as a broken build would
+            def find_spec(self, name, path=None, target=None):
+                if name == "fused_lstm._C":
+                    raise ImportError("undefined symbol: _ZN3c10 (simulated)")
+        sys.meta_path.insert(0, Block())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            import fused_lstm
+            import fused_lstm.module, fused_lstm._ops  # a second import must not warn again
+        messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        assert len(messages) == 1, messages
+        assert "undefined symbol" in messages[0] and "pip install --no-build-isolation" in messages[0]
+        assert fused_lstm.backend() == "reference"
+        import torch
+        torch.manual_seed(0)
+        ref = torch.nn.LSTM(3, 4, num_layers=2)
+        fused = fused_lstm.FusedLSTM(3, 4, num_layers=2)
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(5, 2, 3)
+        torch.testing.assert_close(fused(x)[0], ref(x)[0], atol=1e-5, rtol=0)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
