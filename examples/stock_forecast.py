@@ -3,12 +3,13 @@
     python examples/stock_forecast.py                          # Microsoft 1986-2017, bundled
     python examples/stock_forecast.py --csv prices.csv --date-column Date --column Close
     python examples/stock_forecast.py --impl torch             # the same model on nn.LSTM
+    python examples/stock_forecast.py --impl both              # both, with both wall times
 
 Model: LSTM(hidden 50, full sequence out) -> LSTM(hidden 50) -> Linear(1), Adam on MSE, 20
 epochs of batches of 32, on windows of the last 50 daily log returns (see stock_data.py);
 the weights with the best validation loss are kept. Reports test RMSE and MAE in price
 units against two baselines: tomorrow = today, and a linear model on the same window.
-Writes metrics.json and a plot of predicted vs actual prices to --out.
+Writes metrics.json and a plot of predicted vs actual prices (of the last model) to --out.
 """
 import argparse
 import json
@@ -126,8 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--hidden", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--impl", choices=["fused", "torch"], default="fused",
-                   help="FusedLSTM or torch.nn.LSTM, same model otherwise")
+    p.add_argument("--impl", choices=["fused", "torch", "both"], default="fused",
+                   help="FusedLSTM, torch.nn.LSTM (same model otherwise), or both one after the other")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--last", type=int, default=None, help="use only the last N prices (quick runs)")
@@ -148,26 +149,34 @@ def main(argv=None) -> dict:
           f"windows train {len(data.train.y)}, val {len(data.val.y)}, test {len(data.test.y)} "
           f"(test from {data.test.dates[0].date()})")
 
-    model = StackedForecaster(FusedLSTM if args.impl == "fused" else nn.LSTM, hidden=args.hidden).to(args.device)
-    history = train(model, data, args)
-    predicted = data.to_price(data.test, predict(model, data.test.x, args.device))
-    results = {
-        "lstm": errors(predicted, data.test.price),
-        "naive (tomorrow = today)": errors(data.test.last_price, data.test.price),
-        "linear on the window": errors(data.to_price(data.test, linear_baseline(data)), data.test.price),
-    }
-    print(f"\ntest period, {len(data.test.y)} days, errors in price units ({args.impl} LSTM trained in "
-          f"{history['train_seconds']:.1f} s):")
-    for name, e in results.items():
-        print(f"  {name:26s} RMSE {e['rmse']:.4f}  MAE {e['mae']:.4f}")
-    best = min(results, key=lambda k: results[k]["rmse"])
-    gain = 1 - results["lstm"]["rmse"] / results["naive (tomorrow = today)"]["rmse"]
-    print(f"lowest RMSE: {best}; the LSTM's RMSE is {100 * gain:+.2f}% below tomorrow = today "
-          "(next-day prices are close to a random walk: expect a small margin either way)")
+    impls = ["fused", "torch"] if args.impl == "both" else [args.impl]
+    seconds = {}
+    for impl in impls:  # the same seed, so both start from the same weights
+        torch.manual_seed(args.seed)
+        model = StackedForecaster(FusedLSTM if impl == "fused" else nn.LSTM, hidden=args.hidden).to(args.device)
+        history = train(model, data, args)
+        seconds[impl] = history["train_seconds"]
+        predicted = data.to_price(data.test, predict(model, data.test.x, args.device))
+        results = {
+            "lstm": errors(predicted, data.test.price),
+            "naive (tomorrow = today)": errors(data.test.last_price, data.test.price),
+            "linear on the window": errors(data.to_price(data.test, linear_baseline(data)), data.test.price),
+        }
+        print(f"\ntest period, {len(data.test.y)} days, errors in price units ({impl} LSTM trained in "
+              f"{history['train_seconds']:.1f} s):")
+        for name, e in results.items():
+            print(f"  {name:26s} RMSE {e['rmse']:.4f}  MAE {e['mae']:.4f}")
+        best = min(results, key=lambda k: results[k]["rmse"])
+        gain = 1 - results["lstm"]["rmse"] / results["naive (tomorrow = today)"]["rmse"]
+        print(f"lowest RMSE: {best}; the LSTM's RMSE is {100 * gain:+.2f}% below tomorrow = today "
+              "(next-day prices are close to a random walk: expect a small margin either way)")
+    if len(seconds) == 2:
+        print(f"training wall time: FusedLSTM {seconds['fused']:.1f} s, nn.LSTM {seconds['torch']:.1f} s "
+              f"({seconds['torch'] / seconds['fused']:.2f}x)")
 
     os.makedirs(args.out, exist_ok=True)
     save_plot(os.path.join(args.out, "stock_forecast.png"), data.test.dates, data.test.price, predicted, label)
-    metrics = {"args": vars(args), "test": results, "best": best, **history}
+    metrics = {"args": vars(args), "test": results, "best": best, "train_seconds_by_impl": seconds, **history}
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     print(f"wrote {args.out}/metrics.json and {args.out}/stock_forecast.png")
