@@ -47,12 +47,14 @@ constexpr int64_t kHoistMaxBatch = 16;
 
 // The fused float32 forward (isa/fused_forward.h): writes output, cell (when training), the
 // activated gates (when training), c_n; returns h_n.
+bool hoist_projection(const LayerSizes& n) { return n.B <= kHoistMaxBatch; }
+
 at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const at::Tensor& input,
                          const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                          const at::Tensor& bias, bool reverse, bool train, int64_t chunk,
                          at::Tensor& workspace, at::Tensor& output, at::Tensor& cell,
                          at::Tensor& c_n) {
-  const bool hoisted = n.B <= kHoistMaxBatch;
+  const bool hoisted = hoist_projection(n);
   at::Tensor panels = at::empty({kernels.panel_floats(n.I, n.H, hoisted)}, input.options());
   FusedForwardArgs args{n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoisted, 0, n.T,
                         input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
@@ -116,19 +118,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   const int64_t chunk = train ? n.T : std::min(n.T, std::max<int64_t>(
       1, kInferenceChunkElems / std::max<int64_t>(n.B * 4 * n.H, 1)));
   at::Tensor gates = at::empty(rows_shape(input, train, 4 * n.H), opts);
-  at::Tensor workspace = train ? gates : at::empty({chunk * n.B, 4 * n.H}, opts);
   at::Tensor cell = at::empty(rows_shape(input, train, n.H), opts);
   at::Tensor output = at::empty(rows_shape(input, true, n.P), opts);
-  // The running state: starts as h0/c0, ends as h_n/c_n.
-  at::Tensor h_n = h0.contiguous().clone(), c_n = c0.contiguous().clone();
-  at::Tensor h_raw = at::empty({w_hr.defined() ? n.B : 0, n.H}, opts);
-
+  // The running c: starts as c0, ends as c_n (h likewise in the generic pass).
+  at::Tensor c_n = c0.contiguous().clone();
   const FusedKernels fused = fused_kernels();
-  if (input.scalar_type() == at::kFloat && fused.forward && !w_hr.defined() && n.T > 0) {
-    h_n = fused_forward(fused, n, input, h0.contiguous(), w_ih, w_hh, bias, reverse, train,
-                        chunk, workspace, output, cell, c_n);
+  const bool fused_path = input.scalar_type() == at::kFloat && fused.forward && !w_hr.defined();
+  // The projection buffer: the kept gates when training; without training, a bounded chunk
+  // where a projection is computed ahead of the steps (the generic pass, or a hoisted one).
+  const bool needs_chunk = !train && (!fused_path || hoist_projection(n));
+  at::Tensor workspace = train ? gates : at::empty({needs_chunk ? chunk * n.B : 0, 4 * n.H}, opts);
+  if (fused_path && n.T > 0) {
+    at::Tensor h_n = fused_forward(fused, n, input, h0.contiguous(), w_ih, w_hh, bias, reverse,
+                                   train, chunk, workspace, output, cell, c_n);
     return {output, h_n, c_n, gates, cell};
   }
+  at::Tensor h_n = h0.contiguous().clone();
+  at::Tensor h_raw = at::empty({w_hr.defined() ? n.B : 0, n.H}, opts);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer", [&] {
     const auto p = layer_params<scalar_t>(n, input, w_ih, w_hh, w_hr, bias, reverse);
     ForwardPass<scalar_t>(p, train, chunk, workspace.data_ptr<scalar_t>(),
