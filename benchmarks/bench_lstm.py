@@ -28,6 +28,14 @@ SHAPES: List[Tuple[Tuple[int, int, int, int, int], str]] = [
 ]
 
 
+# On a GPU: the fastrnns default and small batches.
+CUDA_SHAPES: List[Tuple[Tuple[int, int, int, int, int], str]] = [
+    ((100, 64, 512, 512, 1), "fastrnns default"),
+    ((100, 8, 512, 512, 1), "small batch"),
+    ((100, 1, 512, 512, 1), "one stream"),
+]
+
+
 def lstm_flops(T: int, B: int, I: int, H: int, layers: int, directions: int = 1) -> float:
     """Forward FLOPs: 8*T*B*H*(I+H) per layer and direction (backward is about twice)."""
     total = 0.0
@@ -37,7 +45,27 @@ def lstm_flops(T: int, B: int, I: int, H: int, layers: int, directions: int = 1)
     return total
 
 
-def time_block(fn: Callable[[], None], repeats: int, warmup: int, budget_s: float = 1.0) -> float:
+def timer(device: str) -> Callable[[Callable[[], None]], float]:
+    """Seconds of one call: wall clock on CPU, CUDA events around the call on a GPU."""
+    if device == "cpu":
+        def cpu_time(fn):
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        return cpu_time
+
+    def cuda_time(fn):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    return cuda_time
+
+
+def time_block(fn: Callable[[], None], repeats: int, warmup: int, budget_s: float = 1.0,
+               device: str = "cpu") -> float:
     """Median seconds of up to `repeats` back-to-back calls (at least 5, fewer when a call is
     slow enough that the block would exceed `budget_s`) after `warmup` calls."""
     start = time.perf_counter()
@@ -45,31 +73,28 @@ def time_block(fn: Callable[[], None], repeats: int, warmup: int, budget_s: floa
         fn()
     per_call = (time.perf_counter() - start) / max(warmup, 1)
     repeats = max(5, min(repeats, int(budget_s / max(per_call, 1e-9))))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    measure = timer(device)
+    return statistics.median(measure(fn) for _ in range(repeats))
 
 
-def race(fns: Dict[str, Callable[[], None]], blocks: int, repeats: int, warmup: int) -> Dict[str, float]:
+def race(fns: Dict[str, Callable[[], None]], blocks: int, repeats: int, warmup: int,
+         device: str = "cpu") -> Dict[str, float]:
     """Best block median per implementation, blocks alternating between implementations."""
     best = {name: float("inf") for name in fns}
     for block in range(blocks):
         order = list(fns) if block % 2 == 0 else list(reversed(fns))
         for name in order:
-            best[name] = min(best[name], time_block(fns[name], repeats, warmup))
+            best[name] = min(best[name], time_block(fns[name], repeats, warmup, device=device))
     return best
 
 
-def bench_shape(shape, blocks: int, repeats: int, warmup: int) -> Dict[str, float]:
+def bench_shape(shape, blocks: int, repeats: int, warmup: int, device: str = "cpu") -> Dict[str, float]:
     T, B, I, H, layers = shape
     torch.manual_seed(0)
-    ref = nn.LSTM(I, H, num_layers=layers)
-    fused = FusedLSTM(I, H, num_layers=layers)
+    ref = nn.LSTM(I, H, num_layers=layers).to(device)
+    fused = FusedLSTM(I, H, num_layers=layers).to(device)
     fused.load_state_dict(ref.state_dict())
-    x = torch.randn(T, B, I)
+    x = torch.randn(T, B, I, device=device)
 
     def forward(model):
         def fn():
@@ -83,9 +108,9 @@ def bench_shape(shape, blocks: int, repeats: int, warmup: int) -> Dict[str, floa
             out.sum().backward()
         return fn
 
-    fwd = race({"torch": forward(ref), "fused": forward(fused)}, blocks, repeats, warmup)
+    fwd = race({"torch": forward(ref), "fused": forward(fused)}, blocks, repeats, warmup, device)
     train = race({"torch": forward_backward(ref), "fused": forward_backward(fused)}, blocks,
-                 repeats, warmup)
+                 repeats, warmup, device)
     flops = lstm_flops(T, B, I, H, layers)
     return {
         "fwd_torch": fwd["torch"], "fwd_fused": fwd["fused"],
@@ -182,6 +207,8 @@ def main() -> None:
                         help="timed calls per block (fewer for slow shapes: ~1 s per block)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before each block")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: against cuDNN nn.LSTM, timed with CUDA events")
     parser.add_argument("--plot", default=None, help="save a bar chart of the speedups to this PNG")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring peak training memory (a fresh process per shape)")
@@ -189,13 +216,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = ([(tuple(int(v) for v in s.split(",")), "custom") for s in args.shape]
-              if args.shape else SHAPES)
+              if args.shape else (CUDA_SHAPES if args.device == "cuda" else SHAPES))
     threads = torch.get_num_threads()
-    peak = fused_lstm.fma_peak_gflops(threads)
+    peak = fused_lstm.fma_peak_gflops(threads) if args.device == "cpu" else None
     print(f"torch {torch.__version__}, fused_lstm backend {fused_lstm.backend()}, CPU ISA "
           f"{fused_lstm.cpu_isa()}, {threads} threads, float32")
-    print("GEMMs: fused register-tiled kernels for the recurrent steps (forward and backward); "
-          "torch's BLAS (MKL) for the hoisted input projection and the weight gradients")
+    if args.device == "cpu":
+        print("GEMMs: fused register-tiled kernels for the recurrent steps (forward and backward); "
+              "torch's BLAS (MKL) for the hoisted input projection and the weight gradients")
+    else:
+        print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
+              "kernels, against cuDNN nn.LSTM")
     print(f"measured fp32 FMA peak: {peak:.0f} GFLOP/s" if peak else "FMA peak: not measured "
           "(generic build)")
     print(f"{args.blocks} blocks x up to {args.repeats} repeats per implementation, alternating; "
@@ -203,8 +234,8 @@ def main() -> None:
     rows = []
     for shape, what in shapes:
         print(f"  timing {shape} ...", flush=True)
-        result = bench_shape(shape, args.blocks, args.repeats, args.warmup)
-        if not args.no_memory:
+        result = bench_shape(shape, args.blocks, args.repeats, args.warmup, args.device)
+        if not args.no_memory and args.device == "cpu":
             result["mem_torch"] = training_peak_memory(shape, "torch")
             result["mem_fused"] = training_peak_memory(shape, "fused")
         rows.append((shape, what, result))
