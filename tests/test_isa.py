@@ -90,3 +90,26 @@ def test_environment_variable_picks_the_isa():
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "generic"
+
+
+def test_baseline_code_has_no_avx_instructions():
+    """The build is portable: every function outside the per-ISA kernels is baseline x86-64
+    (no ymm/zmm register anywhere else), so the library loads and runs on any x86-64 CPU and
+    picks its kernels at run time."""
+    import re
+    import shutil
+
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not found")
+    library = fused_lstm._ops._C.__file__
+    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", library],
+                             capture_output=True, text=True, check=True).stdout
+    offenders, function = set(), None
+    for line in listing.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
+        if header:
+            function = header.group(1)
+        elif ("%ymm" in line or "%zmm" in line) and not re.search(r"::(avx2|avx512)::", function or ""):
+            offenders.add(function)
+    assert not offenders, sorted(offenders)[:10]
