@@ -1,5 +1,5 @@
-// CPU bindings of the fused_lstm ops: checks, buffers, dtype dispatch. The time loop is in
-// lstm_layer.h.
+// CPU bindings of the fused_lstm ops: checks, buffers, the choice of kernels. The time loops
+// are in isa/fused_*.h (float32 on AVX2/AVX-512, no projection) and lstm_layer.h (the rest).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -45,10 +45,10 @@ LayerParams<T> layer_params(const LayerSizes& n, const at::Tensor& input, const 
 // buffer would not stay in cache).
 constexpr int64_t kHoistMaxBatch = 16;
 
-// The fused float32 forward (isa/fused_forward.h): writes output, cell (when training), the
-// activated gates (when training), c_n; returns h_n.
 bool hoist_projection(const LayerSizes& n) { return n.B <= kHoistMaxBatch; }
 
+// The fused float32 forward (isa/fused_forward.h): writes output, cell (when training), the
+// activated gates (when training), c_n; returns h_n.
 at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const at::Tensor& input,
                          const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                          const at::Tensor& bias, bool reverse, bool train, int64_t chunk,

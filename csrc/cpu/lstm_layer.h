@@ -1,4 +1,7 @@
-// One LSTM layer in one direction on the CPU, over raw pointers: the time loop in C++.
+// One LSTM layer in one direction on the CPU, over raw pointers: the time loop in C++, with
+// library GEMMs and the fused cell passes of isa/cell_rows.h. This is the general pass
+// (float64, projections, CPUs without AVX2); float32 otherwise runs the register-tiled loops
+// of isa/fused_forward.h and isa/fused_backward.h, which keep the same row layout.
 //
 // Rows are time-major; step t owns rows [offsets[t], offsets[t] + rows(t)), the first rows(t)
 // sequences of the batch (sorted by decreasing length, as PackedSequence keeps them; every
