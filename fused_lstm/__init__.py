@@ -1,10 +1,11 @@
 """fused_lstm: a fused LSTM for PyTorch, a drop-in replacement for ``torch.nn.LSTM``."""
 from ._ops import backend, cpu_isa, cpu_supports, fma_peak_gflops, lstm_layer, set_cpu_isa
+from ._checks import EmptySequenceError
 from .module import FusedLSTM
 from .reference import reference_lstm_layer
 
 __all__ = [
-    "FusedLSTM", "backend", "cpu_isa", "cpu_supports", "fma_peak_gflops", "lstm_layer",
+    "EmptySequenceError", "FusedLSTM", "backend", "cpu_isa", "cpu_supports", "fma_peak_gflops", "lstm_layer",
     "reference_lstm_layer", "set_cpu_isa",
 ]
 __version__ = "0.1.0"

@@ -38,8 +38,16 @@ class FusedLSTM(nn.Module):
         device, dtype: where and how to create the parameters.
 
     Call: ``output, (h_n, c_n) = lstm(input, (h_0, c_0))`` with ``(h_0, c_0)`` optional
-    (zeros). ``input`` is ``(T, B, input_size)`` (``(B, T, input_size)`` if batch_first) or
-    unbatched ``(T, input_size)`` with 2-D states.
+    (zeros). ``input`` is ``(T, B, input_size)`` (``(B, T, input_size)`` if batch_first),
+    unbatched ``(T, input_size)`` with 2-D states, or a ``PackedSequence`` (then ``output``
+    is one too, and ``h_n``/``c_n`` hold each sequence's own last step).
+
+    Errors, each naming the argument, the expected and the actual value:
+        TypeError: input/h0/c0 not a Tensor, hx not a pair, an unsupported dtype (integer,
+            bool, ...), or state/weight dtypes that differ from the input's.
+        ValueError: wrong rank, feature size, state shape or layer count, a device mismatch,
+            a weight replaced by one of the wrong shape, bad constructor arguments.
+        EmptySequenceError (a ValueError and a RuntimeError): a sequence of length 0.
     """
 
     def __init__(
