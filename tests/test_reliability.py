@@ -114,8 +114,11 @@ def peak_rss_growth(fn):
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current resident size
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current resident size
+    except OSError as exc:
+        pytest.skip(f"cannot reset the peak resident size on this system: {exc}")
     base = status("VmRSS:")
     fn()
     return status("VmHWM:") - base
