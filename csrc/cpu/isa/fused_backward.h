@@ -1,5 +1,5 @@
 // The backward time loop of one layer, per ISA (include after fused_forward.h, whose
-// tile_accumulate and K blocking it shares). Per step, in reverse order of the forward:
+// tile_block it shares). Per step, in reverse order of the forward:
 //   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; for packed
 //      input the row's previous h is gathered for the dW_hh GEMM after the loop;
 //   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh.
@@ -37,10 +37,7 @@ void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
   const float* rows[kTileRows];
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
-  load_partial<R>(acc, partial, k_lo == 0);
-  tile_accumulate<R>(rows, G, nullptr, k_lo, k_hi, panels + c * G * 4 * W, acc);
-  if (k_hi < G) {
-    store_partial<R>(acc, partial);
+  if (!tile_block<R>(acc, rows, G, nullptr, k_lo, k_hi, G, panels + c * G * 4 * W, partial)) {
     return;
   }
   for (int r = 0; r < R; ++r) {

@@ -77,18 +77,22 @@ inline void tile_accumulate(const float* const* a_rows, int64_t Ka, const float*
 // are parked in `partial` (4W floats per row) between blocks.
 constexpr int64_t kKBlock = 128;
 
+// One K block [k_lo, k_hi) of a tile over K columns: the accumulators start from zero (first
+// block) or from `partial`, and are parked back there unless this is the last block, which
+// returns true: the caller's epilogue then runs on acc.
 template <int R>
-inline void load_partial(Vec (&acc)[R][4], const float* partial, bool first) {
+inline bool tile_block(Vec (&acc)[R][4], const float* const* a_rows, int64_t Ka,
+                       const float* const* b_rows, int64_t k_lo, int64_t k_hi, int64_t K,
+                       const float* panel, float* partial) {
   constexpr int W = Vec::kWidth;
   for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g] = first ? Vec(0.0f) : Vec::load(partial + (r * 4 + g) * W);
-}
-
-template <int R>
-inline void store_partial(Vec (&acc)[R][4], float* partial) {
-  constexpr int W = Vec::kWidth;
+    for (int g = 0; g < 4; ++g)
+      acc[r][g] = k_lo == 0 ? Vec(0.0f) : Vec::load(partial + (r * 4 + g) * W);
+  tile_accumulate<R>(a_rows, Ka, b_rows, k_lo, k_hi, panel, acc);
+  if (k_hi == K) return true;
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g) acc[r][g].store(partial + (r * 4 + g) * W);
+  return false;
 }
 
 // Rows [r0, r0 + R) of step t, hidden group q, K block [k_lo, k_hi); the last block runs
@@ -101,10 +105,7 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
   const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, j0 = q * W;
   const int64_t n = H - j0 < W ? H - j0 : W;
   Vec acc[R][4];
-  load_partial<R>(acc, partial, k_lo == 0);
-  tile_accumulate<R>(x_rows, Kx, h_rows, k_lo, k_hi, panels + q * K * 4 * W, acc);
-  if (k_hi < K) {
-    store_partial<R>(acc, partial);
+  if (!tile_block<R>(acc, x_rows, Kx, h_rows, k_lo, k_hi, K, panels + q * K * 4 * W, partial)) {
     return;
   }
   const Vec b_i = load_n<Vec>(a.bias + j0, n), b_f = load_n<Vec>(a.bias + H + j0, n);
