@@ -21,8 +21,7 @@ inline Vec exp(Vec x) {
 
 // tanh(x) by a [13/6] odd/even rational approximation, within 3e-8 of tanh on [-9, 9]
 // (measured in float64; ~2 ulp evaluated in float); beyond 9 float tanh is +-1, which the
-// clamp gives. Tiny |x|
-// returns x, which is tanh(x) in float.
+// clamp gives. Tiny |x| returns x, which is tanh(x) in float.
 inline Vec tanh(Vec x) {
   const Vec xc = clamp(x, -9.0f, 9.0f);
   const Vec x2 = xc * xc;
