@@ -37,7 +37,9 @@ void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
   const float* rows[kTileRows];
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
-  if (!tile_block<R>(acc, rows, G, nullptr, k_lo, k_hi, G, panels + c * G * 4 * W, partial)) {
+  // No prefetch: measured slower here (a column panel is up to 1 MB; the next one evicts it).
+  if (!tile_block<R>(acc, rows, G, nullptr, k_lo, k_hi, G, panels + c * G * 4 * W, partial,
+                     Prefetch{})) {
     return;
   }
   for (int r = 0; r < R; ++r) {
