@@ -128,11 +128,13 @@ TORCH_LIBRARY(fused_lstm, m) {
       "Tensor h_n, Tensor c_n, Tensor gates, Tensor cell)");
   // Gradients of lstm_layer. Missing incoming gradients count as zero. grad_bias is the
   // gradient of the summed bias (b_ih + b_hh), computed whether or not the layer has one;
-  // grad_w_hr is empty without a projection.
+  // grad_w_hr is empty without a projection; grad_input is empty ([0]) unless input_grad
+  // (its GEMM is skipped: the first layer's input rarely needs a gradient).
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, "
       "Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
-      "Tensor? batch_sizes, Tensor output, Tensor gates, Tensor cell, bool reverse) -> "
+      "Tensor? batch_sizes, Tensor output, Tensor gates, Tensor cell, bool reverse, "
+      "bool input_grad) -> "
       "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
       "Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_bias)");
 }

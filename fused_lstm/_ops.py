@@ -87,9 +87,9 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("fused_lstm::lstm_layer_backward")
     def _lstm_layer_backward_fake(grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh,
-                                  w_hr, batch_sizes, output, gates, cell, reverse):
+                                  w_hr, batch_sizes, output, gates, cell, reverse, input_grad):
         return (
-            torch.empty_like(input),
+            torch.empty_like(input) if input_grad else input.new_empty(0),
             torch.empty_like(h0),
             torch.empty_like(c0),
             torch.empty_like(w_ih),
@@ -114,10 +114,10 @@ if HAS_EXTENSION:
         grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_bias = (
             torch.ops.fused_lstm.lstm_layer_backward(
                 grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
-                out, gates, cell, ctx.reverse,
+                out, gates, cell, ctx.reverse, ctx.needs_input_grad[0],
             )
         )
-        return (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
+        return (grad_input if ctx.needs_input_grad[0] else None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
                 grad_bias if ctx.has_bias else None,
                 grad_w_hr if w_hr is not None else None, None, None, None)
 

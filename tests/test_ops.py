@@ -83,14 +83,16 @@ def test_opcheck_forward(reverse, bias, P, packed):
         torch.library.opcheck(torch.ops.fused_lstm.lstm_layer.default, args + (reverse, train))
 
 
+@pytest.mark.parametrize("input_grad", [True, False])
 @pytest.mark.parametrize("P,packed", [(0, False), (3, True)])
-def test_opcheck_backward(P, packed):
+def test_opcheck_backward(P, packed, input_grad):
     args = layer_args(dtype=torch.float32, P=P, packed=packed)
     output, h_n, c_n, gates, cell = torch.ops.fused_lstm.lstm_layer(*args, True, True)
     x, h0, c0, w_ih, w_hh, _, w_hr, batch_sizes = args
     grads = (torch.randn_like(output), torch.randn_like(h_n), None)
     torch.library.opcheck(torch.ops.fused_lstm.lstm_layer_backward.default,
-                          grads + (x, h0, c0, w_ih, w_hh, w_hr, batch_sizes, output, gates, cell, True))
+                          grads + (x, h0, c0, w_ih, w_hh, w_hr, batch_sizes, output, gates, cell,
+                                   True, input_grad))
 
 
 @pytest.mark.parametrize("which,bad,match", [

@@ -89,3 +89,20 @@ def test_error_bound_threaded_sizes(bidirectional, T, B, I, H, layers):
         err = (got.double() - want).abs().max().item()
         factor = 3 if name.startswith("grad weight") else 2
         assert err <= factor * base_err + 1e-6, f"{name}: error {err:.3g} vs nn.LSTM's {base_err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_parameter_gradients_when_input_needs_none(dtype):
+    """The usual training case: data without requires_grad. The first layer then skips its
+    input-gradient GEMM (input_grad=False); every parameter gradient must still match."""
+    ref, fused = make_pair(dtype, input_size=6, hidden_size=9, num_layers=2)
+    x = torch.randn(11, 5, 6, dtype=dtype)
+    w = torch.randn(11, 5, 9, dtype=dtype)
+    for model in (ref, fused):
+        model.zero_grad()
+        out, _ = model(x)
+        (out * w).sum().backward()
+    tol = TOLERANCE[dtype]
+    for (name, a), b in zip(fused.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+    assert x.grad is None

@@ -153,7 +153,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
                     const at::Tensor& h0_, const at::Tensor& c0_, const at::Tensor& w_ih_,
                     const at::Tensor& w_hh_, const std::optional<at::Tensor>& w_hr_,
                     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& output_,
-                    const at::Tensor& gates_, const at::Tensor& cell_, bool reverse) {
+                    const at::Tensor& gates_, const at::Tensor& cell_, bool reverse,
+                    bool input_grad) {
   const LayerSizes n = check_backward(grad_output, grad_h_n, grad_c_n, input_, h0_, c0_, w_ih_,
                                       w_hh_, w_hr_, batch_sizes, output_, gates_, cell_);
   const BlasDeterminism determinism;
@@ -179,7 +180,7 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   at::Tensor dh_all = at::empty({proj ? n.N : 0, n.P}, opts);
   at::Tensor h_raw = at::empty({proj ? n.N : 0, n.H}, opts);
   at::Tensor dh_raw = at::empty({proj ? n.B : 0, n.H}, opts);
-  at::Tensor grad_input = at::empty(input.sizes(), opts);
+  at::Tensor grad_input = at::empty(input_grad ? input.sizes() : at::IntArrayRef{0}, opts);
   // Zero-filled so that an empty batch (GEMMs with k = 0) gives exact zeros on any BLAS.
   at::Tensor grad_w_ih = at::zeros({4 * n.H, n.I}, opts);
   at::Tensor grad_w_hh = at::zeros({4 * n.H, n.P}, opts);
@@ -190,19 +191,20 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
     const int threads = at::get_num_threads();
     fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
     at::Tensor partial = at::empty({threads * n.B * 64}, opts);
+    at::Tensor dbias = at::zeros({n.B, 4 * n.H}, opts);
     const FusedBackwardArgs args{
         n.T, n.B, n.H, n.offsets.data(), reverse, h0.data_ptr<float>(), c0.data_ptr<float>(),
         output.data_ptr<float>(), gates.data_ptr<float>(), cell.data_ptr<float>(),
         ptr_or_null<float>(dy), dgates.data_ptr<float>(), grad_h0.data_ptr<float>(),
         grad_c0.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
-        partial.data_ptr<float>(), threads};
+        dbias.data_ptr<float>(), partial.data_ptr<float>(), threads};
     fused.backward(args, panels.data_ptr<float>());
     weight_gradients<float>(n, dgates.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
                             input.data_ptr<float>(), w_ih.data_ptr<float>(),
-                            grad_input.data_ptr<float>(), grad_w_ih.data_ptr<float>(),
-                            grad_w_hh.data_ptr<float>(), output.data_ptr<float>(),
-                            h0.data_ptr<float>(), reverse);
-    return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, dgates.sum(0)};
+                            input_grad ? grad_input.data_ptr<float>() : nullptr,
+                            grad_w_ih.data_ptr<float>(), grad_w_hh.data_ptr<float>(),
+                            output.data_ptr<float>(), h0.data_ptr<float>(), reverse);
+    return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, dbias.sum(0)};
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {
     using T = scalar_t;
@@ -212,8 +214,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
         dh_all.data_ptr<T>(), h_raw.data_ptr<T>(), dh_raw.data_ptr<T>()};
     BackwardPass<T>(p, h0.data_ptr<T>(), c0.data_ptr<T>(), output.data_ptr<T>(),
                     gates.data_ptr<T>(), cell.data_ptr<T>(), ptr_or_null<T>(dy), buf)
-        .Run(grad_input.data_ptr<T>(), grad_w_ih.data_ptr<T>(), grad_w_hh.data_ptr<T>(),
-             grad_w_hr.data_ptr<T>());
+        .Run(input_grad ? grad_input.data_ptr<T>() : nullptr, grad_w_ih.data_ptr<T>(),
+             grad_w_hh.data_ptr<T>(), grad_w_hr.data_ptr<T>());
   });
   at::Tensor grad_bias = dgates.sum(0);
   return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_bias};

@@ -75,7 +75,7 @@ void weight_gradients(const LayerSizes& n, const T* dgates, const T* h_prev, con
             n.P);
   }
   gemm<T>(true, false, G, n.I, n.N, dgates, G, x, n.I, T(0), dw_ih, n.I);
-  gemm<T>(false, false, n.N, n.I, G, dgates, G, w_ih, n.I, T(0), dx, n.I);
+  if (dx) gemm<T>(false, false, n.N, n.I, G, dgates, G, w_ih, n.I, T(0), dx, n.I);
 }
 
 template <typename T>
@@ -152,7 +152,8 @@ class BackwardPass {
                const T* cell, const T* dy, const Buffers& buf)
       : p_(p), h0_(h0), c0_(c0), y_(y), gates_(gates), cell_(cell), dy_(dy), buf_(buf) {}
 
-  // Fills dx [N, I], dw_ih [4H, I], dw_hh [4H, P], dw_hr [P, H] (with a projection).
+  // Fills dx [N, I] (unless null), dw_ih [4H, I], dw_hh [4H, P], dw_hr [P, H] (with a
+  // projection).
   void Run(T* dx, T* dw_ih, T* dw_hh, T* dw_hr) {
     const int64_t N = p_.offset(p_.T_), G = 4 * p_.H;
     for (int64_t s = p_.T_ - 1; s >= 0; --s) {

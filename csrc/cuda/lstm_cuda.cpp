@@ -73,7 +73,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
                     const at::Tensor& h0_, const at::Tensor& c0_, const at::Tensor& w_ih,
                     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
                     const std::optional<at::Tensor>& batch_sizes, const at::Tensor& output,
-                    const at::Tensor& gates_, const at::Tensor& cell_, bool reverse) {
+                    const at::Tensor& gates_, const at::Tensor& cell_, bool reverse,
+                    bool input_grad) {
   const LayerSizes n = check_backward(grad_output, grad_h_n, grad_c_n, input, h0_, c0_, w_ih,
                                       w_hh, w_hr, batch_sizes, output, gates_, cell_);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -126,7 +127,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   // The weight gradients: one GEMM each over every step.
   at::Tensor grad_w_hh = at::mm(dgates.t(), h_prev);
   at::Tensor grad_w_ih = at::mm(dgates.t(), x);
-  at::Tensor grad_input = at::mm(dgates, w_ih).view(input.sizes());
+  at::Tensor grad_input = input_grad ? at::mm(dgates, w_ih).view(input.sizes())
+                                    : at::empty({0}, opts);
   at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), h_raw) : at::zeros({0, n.H}, opts);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, dgates.sum(0)};
 }

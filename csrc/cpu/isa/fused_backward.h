@@ -72,7 +72,8 @@ void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
   }
 }
 
-// Phase 1 for rows [lo, hi) of step t.
+// Phase 1 for rows [lo, hi) of step t; each row's gate gradients are also added into its
+// row of a.dbias.
 void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi) {
   const int64_t H = a.H, G = 4 * H;
   const int64_t t = a.reverse ? a.T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
@@ -88,9 +89,15 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
       const int64_t m = imin(Vec::kWidth, H - j);
       store_n(load_n<Vec>(h_prev + j, m), a.h_prev + (row + b) * H + j, m);
     }
+    float* da = a.dgates + (row + b) * G;
     backward_row<Vec, float>(H, a.gates + (row + b) * G, c_prev, a.cell + (row + b) * H,
                              a.dy ? a.dy + (row + b) * H : nullptr, a.dh + b * H,
-                             a.dc + b * H, a.dgates + (row + b) * G, nullptr);
+                             a.dc + b * H, da, nullptr);
+    float* dbias = a.dbias + b * G;
+    for (int64_t j = 0; j < G; j += Vec::kWidth) {  // da is still in L1
+      const int64_t m = imin(Vec::kWidth, G - j);
+      store_n(load_n<Vec>(dbias + j, m) + load_n<Vec>(da + j, m), dbias + j, m);
+    }
   }
 }
 

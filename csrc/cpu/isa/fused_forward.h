@@ -48,7 +48,8 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
 // from the row they read. Offsets, not pointers: a pointer and a bound per tile cost the
 // registers that keep the accumulators out of memory.
 struct Prefetch {
-  int64_t off0 = 0, off1 = 0;  // 0: the line being read anyway (a free L1 hit)
+  bool on = false;  // off: the k loop is compiled without the prefetches (B = 1 is load-bound)
+  int64_t off0 = 0, off1 = 0;
 };
 
 // About one core's L2 on current x86 server CPUs (1-2 MB).
@@ -84,14 +85,14 @@ struct NextBlock {
     const int64_t users = imin(tiles, lanes), per = lanes / users;
     if (!enabled || tile >= users) return {};
     const int64_t lane = tile * per;
-    return {delta + lane * 64, delta + (lane + (per > 1 ? 1 : 0)) * 64};
+    return {true, delta + lane * 64, delta + (lane + (per > 1 ? 1 : 0)) * 64};
   }
 };
 
 // acc[r][g] += sum over k in [k_lo, k_hi) of row_r[k] * panel[k][g], where row_r[k] is
 // a_rows[r][k] for k < Ka and b_rows[r][k - Ka] after (the [x_t, h] concatenation, never
 // materialized).
-template <int R>
+template <int R, bool kPrefetch>
 inline void tile_accumulate(const float* const* a_rows, int64_t Ka, const float* const* b_rows,
                             int64_t k_lo, int64_t k_hi, const float* panel, Vec (&acc)[R][4],
                             Prefetch pf) {
@@ -100,7 +101,7 @@ inline void tile_accumulate(const float* const* a_rows, int64_t Ka, const float*
   for (int64_t k = k_lo; k < imin(k_hi, Ka); ++k, w += 4 * W) {
     const Vec w0 = Vec::load(w), w1 = Vec::load(w + W), w2 = Vec::load(w + 2 * W),
               w3 = Vec::load(w + 3 * W);
-    prefetch(w, pf);
+    if constexpr (kPrefetch) prefetch(w, pf);
     for (int r = 0; r < R; ++r) {
       const Vec x(a_rows[r][k]);
       acc[r][0] = fmadd(x, w0, acc[r][0]);
@@ -112,7 +113,7 @@ inline void tile_accumulate(const float* const* a_rows, int64_t Ka, const float*
   for (int64_t k = k_lo > Ka ? k_lo : Ka; k < k_hi; ++k, w += 4 * W) {
     const Vec w0 = Vec::load(w), w1 = Vec::load(w + W), w2 = Vec::load(w + 2 * W),
               w3 = Vec::load(w + 3 * W);
-    prefetch(w, pf);
+    if constexpr (kPrefetch) prefetch(w, pf);
     for (int r = 0; r < R; ++r) {
       const Vec h(b_rows[r][k - Ka]);
       acc[r][0] = fmadd(h, w0, acc[r][0]);
@@ -139,7 +140,11 @@ inline bool tile_block(Vec (&acc)[R][4], const float* const* a_rows, int64_t Ka,
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g)
       acc[r][g] = k_lo == 0 ? Vec(0.0f) : Vec::load(partial + (r * 4 + g) * W);
-  tile_accumulate<R>(a_rows, Ka, b_rows, k_lo, k_hi, panel, acc, pf);
+  if (pf.on) {
+    tile_accumulate<R, true>(a_rows, Ka, b_rows, k_lo, k_hi, panel, acc, pf);
+  } else {
+    tile_accumulate<R, false>(a_rows, Ka, b_rows, k_lo, k_hi, panel, acc, pf);
+  }
   if (k_hi == K) return true;
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < 4; ++g) acc[r][g].store(partial + (r * 4 + g) * W);

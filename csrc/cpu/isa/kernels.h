@@ -46,6 +46,9 @@ struct FusedBackwardArgs {
   float* dgates;                            // [N, 4H] out
   float *dh, *dc;                           // [B, H]: dL/dh_n, dL/dc_n in; dL/dh0, dL/dc0 out
   float* h_prev;  // [N, H] out: each row's previous h, for dW_hh; null: not gathered
+  // [B, 4H], zeros in; out: each batch row's dgates summed over its steps (a sum over rows
+  // that does not depend on the thread count: deterministic).
+  float* dbias;
   float* partial;  // scratch, num_threads * B * 64 floats
   int num_threads;
 };
