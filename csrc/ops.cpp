@@ -1,6 +1,7 @@
 // Op schemas of the fused_lstm namespace and the checks every implementation runs first.
 #include "ops.h"
 
+#include "cpu/buffer_cache.h"
 #include "cpu/isa/kernels.h"
 
 #include <Python.h>
@@ -142,7 +143,7 @@ TORCH_LIBRARY(fused_lstm, m) {
 }  // namespace fused_lstm
 
 // `import fused_lstm._C` loads this library, which registers the ops above. The module
-// itself only exposes the CPU kernels' instruction-set switch and FMA peak.
+// itself only exposes the CPU kernels' instruction-set switch, FMA peak and buffer cache.
 namespace {
 
 using fused_lstm::cpu::Isa;
@@ -190,12 +191,23 @@ PyObject* py_fma_peak_gflops(PyObject*, PyObject* args) {
   Py_END_ALLOW_THREADS return PyFloat_FromDouble(gflops);
 }
 
+PyObject* py_empty_cache(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(fused_lstm::cpu::empty_cache());
+}
+
+PyObject* py_cached_bytes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(fused_lstm::cpu::cached_bytes());
+}
+
 PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use."},
     {"cpu_supports", py_cpu_supports, METH_VARARGS, "Whether this CPU can run an ISA's kernels."},
     {"set_cpu_isa", py_set_cpu_isa, METH_VARARGS, "Use the kernels built for this ISA."},
     {"fma_peak_gflops", py_fma_peak_gflops, METH_VARARGS,
      "Measured fp32 FMA GFLOP/s of the active ISA on n threads (None for generic)."},
+    {"empty_cache", py_empty_cache, METH_NOARGS,
+     "Frees the cached CPU buffers not in use; returns the bytes freed."},
+    {"cached_bytes", py_cached_bytes, METH_NOARGS, "Bytes of CPU buffers cached, not in use."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -1,11 +1,12 @@
 """fused_lstm: a fused LSTM for PyTorch, a drop-in replacement for ``torch.nn.LSTM``."""
-from ._ops import backend, cpu_isa, cpu_supports, fma_peak_gflops, lstm_layer, set_cpu_isa
+from ._ops import (backend, cached_bytes, cpu_isa, cpu_supports, empty_cache, fma_peak_gflops,
+                   lstm_layer, set_cpu_isa)
 from ._checks import EmptySequenceError
 from .module import FusedLSTM
 from .reference import reference_lstm_layer
 
 __all__ = [
-    "EmptySequenceError", "FusedLSTM", "backend", "cpu_isa", "cpu_supports", "fma_peak_gflops", "lstm_layer",
-    "reference_lstm_layer", "set_cpu_isa",
+    "EmptySequenceError", "FusedLSTM", "backend", "cached_bytes", "cpu_isa", "cpu_supports",
+    "empty_cache", "fma_peak_gflops", "lstm_layer", "reference_lstm_layer", "set_cpu_isa",
 ]
 __version__ = "0.1.0"

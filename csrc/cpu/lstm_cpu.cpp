@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "../ops.h"
+#include "buffer_cache.h"
 #include "lstm_layer.h"
 
 namespace fused_lstm::cpu {
@@ -55,7 +56,7 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
                          at::Tensor& workspace, at::Tensor& output, at::Tensor& cell,
                          at::Tensor& c_n) {
   const bool hoisted = hoist_projection(n);
-  at::Tensor panels = at::empty({kernels.panel_floats(n.I, n.H, hoisted)}, input.options());
+  at::Tensor panels = cached_empty({kernels.panel_floats(n.I, n.H, hoisted)}, input.options());
   FusedForwardArgs args{n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoisted, 0, n.T,
                         input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
                         bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
@@ -117,9 +118,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   // gates are kept for backward), else a chunk of bounded size.
   const int64_t chunk = train ? n.T : std::min(n.T, std::max<int64_t>(
       1, kInferenceChunkElems / std::max<int64_t>(n.B * 4 * n.H, 1)));
-  at::Tensor gates = at::empty(rows_shape(input, train, 4 * n.H), opts);
-  at::Tensor cell = at::empty(rows_shape(input, train, n.H), opts);
-  at::Tensor output = at::empty(rows_shape(input, true, n.P), opts);
+  at::Tensor gates = cached_empty(rows_shape(input, train, 4 * n.H), opts);
+  at::Tensor cell = cached_empty(rows_shape(input, train, n.H), opts);
+  at::Tensor output = cached_empty(rows_shape(input, true, n.P), opts);
   // The running c: starts as c0, ends as c_n (h likewise in the generic pass).
   at::Tensor c_n = c0.contiguous().clone();
   const FusedKernels fused = fused_kernels();
@@ -127,7 +128,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   // The projection buffer: the kept gates when training; without training, a bounded chunk
   // where a projection is computed ahead of the steps (the generic pass, or a hoisted one).
   const bool needs_chunk = !train && (!fused_path || hoist_projection(n));
-  at::Tensor workspace = train ? gates : at::empty({needs_chunk ? chunk * n.B : 0, 4 * n.H}, opts);
+  at::Tensor workspace =
+      train ? gates : cached_empty({needs_chunk ? chunk * n.B : 0, 4 * n.H}, opts);
   if (fused_path && n.T > 0) {
     at::Tensor h_n = fused_forward(fused, n, input, h0.contiguous(), w_ih, w_hh, bias, reverse,
                                    train, chunk, workspace, output, cell, c_n);
@@ -171,23 +173,23 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
                                             : at::zeros({n.B, n.P}, opts);
   at::Tensor grad_c0 = grad_c_n.has_value() ? grad_c_n->contiguous().clone()
                                             : at::zeros({n.B, n.H}, opts);
-  at::Tensor dgates = at::empty({n.N, 4 * n.H}, opts);
+  at::Tensor dgates = cached_empty({n.N, 4 * n.H}, opts);
   const FusedKernels fused = fused_kernels();
   // Each row's previous h for dW_hh, gathered only for packed input (see weight_gradients).
   const bool fused_path = input.scalar_type() == at::kFloat && fused.backward && !proj;
   const bool gather = batch_sizes.has_value() || !fused_path;
-  at::Tensor h_prev = at::empty({gather ? n.N : 0, n.P}, opts);
+  at::Tensor h_prev = cached_empty({gather ? n.N : 0, n.P}, opts);
   at::Tensor dh_all = at::empty({proj ? n.N : 0, n.P}, opts);
   at::Tensor h_raw = at::empty({proj ? n.N : 0, n.H}, opts);
   at::Tensor dh_raw = at::empty({proj ? n.B : 0, n.H}, opts);
-  at::Tensor grad_input = at::empty(input_grad ? input.sizes() : at::IntArrayRef{0}, opts);
+  at::Tensor grad_input = cached_empty(input_grad ? input.sizes() : at::IntArrayRef{0}, opts);
   // Zero-filled so that an empty batch (GEMMs with k = 0) gives exact zeros on any BLAS.
   at::Tensor grad_w_ih = at::zeros({4 * n.H, n.I}, opts);
   at::Tensor grad_w_hh = at::zeros({4 * n.H, n.P}, opts);
   at::Tensor grad_w_hr = at::zeros({proj ? n.P : 0, n.H}, opts);
 
   if (fused_path) {
-    at::Tensor panels = at::empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
+    at::Tensor panels = cached_empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
     const int threads = at::get_num_threads();
     fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
     at::Tensor partial = at::empty({threads * n.B * 64}, opts);
