@@ -27,13 +27,17 @@ def isa(request):
 
 # Shapes that take every branch of the fused kernels: one row and a few (hoisted
 # projection, threads split hidden groups), many rows (threads split rows), hidden sizes
-# that are and are not a multiple of the vector width, a partial last row tile.
+# that are and are not a multiple of the vector width, a partial last row tile. The last
+# hidden group's width w = H mod W packs its gates into 1, 2, 3 or 4 vectors; AVX-512
+# (W = 16) / AVX2 (W = 8): H = 50 and 130: 1/1; 37: 2/3; 70: 2/3; 27: 3/2; 29: 4/3.
 SHAPES = [  # T, B, layers, bidirectional, (I, H)
     (9, 1, 2, True, (7, 37)),
     (5, 3, 1, False, (16, 16)),
     (6, 29, 2, True, (10, 50)),
     (4, 40, 1, False, (33, 70)),
     (3, 13, 1, True, (5, 130)),
+    (5, 14, 1, True, (9, 27)),
+    (4, 2, 2, False, (11, 29)),
 ]
 
 

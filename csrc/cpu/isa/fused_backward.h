@@ -1,5 +1,5 @@
-// The backward time loop of one layer, per ISA (include after fused_forward.h, whose
-// tile_block it shares). Per step, in reverse order of the forward:
+// The backward time loop of one layer, per ISA (include after tile.h). Per step, in reverse
+// order of the forward:
 //   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; for packed
 //      input the row's previous h is gathered for the dW_hh GEMM after the loop;
 //   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh.
@@ -28,7 +28,7 @@ void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_t
 }
 
 // dh rows [r0, r0 + R), column panel c, K block [k_lo, k_hi): dh = dgates rows @ W_hh,
-// K-blocked as the forward (fused_forward.h).
+// K-blocked as the forward (tile.h).
 template <int R>
 void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t r0,
              int64_t c, int64_t k_lo, int64_t k_hi, float* partial) {
@@ -38,7 +38,7 @@ void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
   // No prefetch: measured slower here (a column panel is up to 1 MB; the next one evicts it).
-  if (!tile_block<R>(acc, rows, G, nullptr, k_lo, k_hi, G, panels + c * G * 4 * W, partial,
+  if (!tile_block<R, 4>(acc, rows, G, nullptr, k_lo, k_hi, G, panels + c * G * 4 * W, partial,
                      Prefetch{})) {
     return;
   }

@@ -1,23 +1,30 @@
 // The forward time loop with the four gate GEMMs and the cell fused into one register-tiled
 // kernel per step, written once over Vec and compiled per ISA (include inside the ISA unit's
-// namespace, after cell_rows.h).
+// namespace, after cell_rows.h and tile.h).
 //
 // Weights are packed once per call into panels, one per group of W = Vec::kWidth hidden
 // units: panel q is [K][i|f|g|o][W] for K = (hoisted ? 0 : I) + H, so one step of the k loop
 // loads the 4 gate vectors of the group from one contiguous 4W floats. A tile of R <= 6 rows
-// keeps its R x 4 accumulators in registers over all of K; the epilogue adds the bias (and
-// the hoisted input projection), applies sigmoid/tanh, updates c and writes h_t straight
-// into the output, which is the next step's input. Nothing is allocated.
+// (tile.h) keeps its R x 4 accumulators in registers over all of K; the epilogue adds the
+// bias (and the hoisted input projection), applies sigmoid/tanh, updates c and writes h_t
+// straight into the output, which is the next step's input. Nothing is allocated.
+//
+// The last group of a hidden size that is not a multiple of W has w < W units. Padded to W
+// it would cost a full group of FMAs (at H = 50, a quarter of all of them for 2 units), so
+// its panel packs the gates back to back, [K][i|f|g|o][w], in NV = ceil(4w / W) vectors.
 //
 // Threads: with enough rows per thread, the batch is split (rows are independent: no
 // barrier at all); otherwise the hidden groups are split, with one barrier per step.
-constexpr int kTileRows = 6;
-
-// (std::min would instantiate a template shared with baseline code: see isa_avx512.cpp.)
-inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
 inline int64_t num_groups(int64_t H) { return (H + Vec::kWidth - 1) / Vec::kWidth; }
 
+// Vectors per k of group q's panel: 4, or fewer for a narrow last group (see above).
+inline int group_vectors(int64_t H, int64_t q) {
+  const int64_t w = H - q * Vec::kWidth;
+  return w >= Vec::kWidth ? 4 : static_cast<int>((4 * w + Vec::kWidth - 1) / Vec::kWidth);
+}
+
+// Panels start every K x 4W floats whatever their width (prefetch and threads index them so).
 int64_t panel_floats(int64_t I, int64_t H, bool hoisted) {
   return num_groups(H) * ((hoisted ? 0 : I) + H) * 4 * Vec::kWidth;
 }
@@ -27,12 +34,16 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
   const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, groups = num_groups(H);
 #pragma omp parallel for num_threads(a.num_threads) schedule(static)
   for (int64_t q = 0; q < groups; ++q) {
+    const int nv = group_vectors(H, q);
+    const int64_t lanes = nv == 4 ? W : H - q * W;  // per gate
     float* panel = panels + q * K * 4 * W;
     for (int64_t k = 0; k < K; ++k) {
+      float* dst = panel + k * nv * W;
+      for (int64_t u = 4 * lanes; u < nv * W; ++u) dst[u] = 0.0f;
       for (int g = 0; g < 4; ++g) {
-        for (int u = 0; u < W; ++u) {
+        for (int64_t u = 0; u < lanes; ++u) {
           const int64_t j = q * W + u, row = g * H + j;
-          panel[(k * 4 + g) * W + u] =
+          dst[g * lanes + u] =
               j >= H ? 0.0f : (k < Kx ? a.w_ih[row * a.I + k] : a.w_hh[row * H + (k - Kx)]);
         }
       }
@@ -40,129 +51,18 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
   }
 }
 
-// Software prefetch of the next weight block into L2 while the current one is in use.
-// Weights that do not fit in L2 are streamed from L3 once per step, and the hardware
-// prefetcher alone does not run far enough ahead of this compute-bound loop to hide that.
-// Each k step reads one row of the block, Vec::kWidth / 4 cache lines ("lanes"); the first
-// tiles of a block each prefetch one or two lanes of the next block, at a fixed byte offset
-// from the row they read. Offsets, not pointers: a pointer and a bound per tile cost the
-// registers that keep the accumulators out of memory.
-struct Prefetch {
-  bool on = false;  // off: the k loop is compiled without the prefetches (B = 1 is load-bound)
-  int64_t off0 = 0, off1 = 0;
-};
-
-// About one core's L2 on current x86 server CPUs (1-2 MB).
-constexpr int64_t kL2Bytes = int64_t{2} << 20;
-
-// As asm that declares no memory access: GCC models _mm_prefetch as a load that may alias the
-// accumulators, which it then stores to the stack on every k step (2x slower, measured).
-inline void prefetch(const float* w, const Prefetch& pf) {
-  asm volatile("prefetcht1 (%0,%1)\n\tprefetcht1 (%0,%2)"
-               :
-               : "r"(w), "r"(pf.off0), "r"(pf.off1));
-}
-
-// The weight block after `block` (rows [k_lo, k_hi) of panel q) in a thread's panels
-// [q_lo, q_hi) of K x 4W floats each, which are contiguous: the rest of this panel, else the
-// next panel's first block (panel q_lo's again for the next step).
-struct NextBlock {
-  int64_t delta;  // bytes from the current block to the next
-  bool enabled;
-
-  NextBlock(const float* panels, int64_t K, int64_t q, int64_t k_lo, int64_t k_hi, int64_t q_lo,
-            int64_t q_hi, bool enabled_)
-      : enabled(enabled_) {
-    const int64_t q_next = k_hi < K ? q : (q + 1 < q_hi ? q + 1 : q_lo);
-    const int64_t k_next = k_hi < K ? k_hi : 0;
-    delta = ((q_next * K + k_next) - (q * K + k_lo)) * 4 * Vec::kWidth * int64_t{sizeof(float)};
-  }
-
-  // Tile `tile` of `tiles`: lanes split over the first min(tiles, lanes) tiles, at most two
-  // per tile (a lone tile covers half the block; the hardware prefetcher does the rest).
-  Prefetch share(int64_t tiles, int64_t tile) const {
-    constexpr int64_t lanes = Vec::kWidth / 4;
-    const int64_t users = imin(tiles, lanes), per = lanes / users;
-    if (!enabled || tile >= users) return {};
-    const int64_t lane = tile * per;
-    return {true, delta + lane * 64, delta + (lane + (per > 1 ? 1 : 0)) * 64};
-  }
-};
-
-// acc[r][g] += sum over k in [k_lo, k_hi) of row_r[k] * panel[k][g], where row_r[k] is
-// a_rows[r][k] for k < Ka and b_rows[r][k - Ka] after (the [x_t, h] concatenation, never
-// materialized).
-template <int R, bool kPrefetch>
-inline void tile_accumulate(const float* const* a_rows, int64_t Ka, const float* const* b_rows,
-                            int64_t k_lo, int64_t k_hi, const float* panel, Vec (&acc)[R][4],
-                            Prefetch pf) {
-  constexpr int W = Vec::kWidth;
-  const float* w = panel + k_lo * 4 * W;
-  for (int64_t k = k_lo; k < imin(k_hi, Ka); ++k, w += 4 * W) {
-    const Vec w0 = Vec::load(w), w1 = Vec::load(w + W), w2 = Vec::load(w + 2 * W),
-              w3 = Vec::load(w + 3 * W);
-    if constexpr (kPrefetch) prefetch(w, pf);
-    for (int r = 0; r < R; ++r) {
-      const Vec x(a_rows[r][k]);
-      acc[r][0] = fmadd(x, w0, acc[r][0]);
-      acc[r][1] = fmadd(x, w1, acc[r][1]);
-      acc[r][2] = fmadd(x, w2, acc[r][2]);
-      acc[r][3] = fmadd(x, w3, acc[r][3]);
-    }
-  }
-  for (int64_t k = k_lo > Ka ? k_lo : Ka; k < k_hi; ++k, w += 4 * W) {
-    const Vec w0 = Vec::load(w), w1 = Vec::load(w + W), w2 = Vec::load(w + 2 * W),
-              w3 = Vec::load(w + 3 * W);
-    if constexpr (kPrefetch) prefetch(w, pf);
-    for (int r = 0; r < R; ++r) {
-      const Vec h(b_rows[r][k - Ka]);
-      acc[r][0] = fmadd(h, w0, acc[r][0]);
-      acc[r][1] = fmadd(h, w1, acc[r][1]);
-      acc[r][2] = fmadd(h, w2, acc[r][2]);
-      acc[r][3] = fmadd(h, w3, acc[r][3]);
-    }
-  }
-}
-
-// K is walked in blocks of kKBlock so that a block of a panel (kKBlock x 4W floats, 32 KB
-// for AVX-512) stays in L1 while every row tile uses it; the R x 4 accumulators of a tile
-// are parked in `partial` (4W floats per row) between blocks.
-constexpr int64_t kKBlock = 128;
-
-// One K block [k_lo, k_hi) of a tile over K columns: the accumulators start from zero (first
-// block) or from `partial`, and are parked back there unless this is the last block, which
-// returns true: the caller's epilogue then runs on acc.
-template <int R>
-inline bool tile_block(Vec (&acc)[R][4], const float* const* a_rows, int64_t Ka,
-                       const float* const* b_rows, int64_t k_lo, int64_t k_hi, int64_t K,
-                       const float* panel, float* partial, Prefetch pf) {
-  constexpr int W = Vec::kWidth;
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g)
-      acc[r][g] = k_lo == 0 ? Vec(0.0f) : Vec::load(partial + (r * 4 + g) * W);
-  if (pf.on) {
-    tile_accumulate<R, true>(a_rows, Ka, b_rows, k_lo, k_hi, panel, acc, pf);
-  } else {
-    tile_accumulate<R, false>(a_rows, Ka, b_rows, k_lo, k_hi, panel, acc, pf);
-  }
-  if (k_hi == K) return true;
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < 4; ++g) acc[r][g].store(partial + (r * 4 + g) * W);
-  return false;
-}
-
-// Rows [r0, r0 + R) of step t, hidden group q, K block [k_lo, k_hi); the last block runs
-// the cell epilogue.
-template <int R>
+// Rows [r0, r0 + R) of step t, hidden group q (NV vectors), K block [k_lo, k_hi); the last
+// block runs the cell epilogue.
+template <int R, int NV>
 void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64_t r0,
                 int64_t q, const float* const* x_rows, const float* const* h_rows, int64_t k_lo,
                 int64_t k_hi, float* partial, Prefetch pf) {
   constexpr int W = Vec::kWidth;
   const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, j0 = q * W;
   const int64_t n = H - j0 < W ? H - j0 : W;
-  Vec acc[R][4];
-  if (!tile_block<R>(acc, x_rows, Kx, h_rows, k_lo, k_hi, K, panels + q * K * 4 * W, partial,
-                     pf)) {
+  Vec acc[R][NV];
+  if (!tile_block<R, NV>(acc, x_rows, Kx, h_rows, k_lo, k_hi, K, panels + q * K * 4 * W,
+                         partial, pf)) {
     return;
   }
   const Vec b_i = load_n<Vec>(a.bias + j0, n), b_f = load_n<Vec>(a.bias + H + j0, n);
@@ -170,7 +70,15 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
   for (int r = 0; r < R; ++r) {
     const int64_t row = a.offsets[t] + r0 + r;
     float* pre = a.gates ? a.gates + (row - a.gates_row0) * 4 * H + j0 : nullptr;
-    Vec a_i = acc[r][0] + b_i, a_f = acc[r][1] + b_f, a_g = acc[r][2] + b_g, a_o = acc[r][3] + b_o;
+    Vec sum[4];  // x W_ih^T + h W_hh^T of the n units, gates i, f, g, o
+    if constexpr (NV == 4) {
+      for (int g = 0; g < 4; ++g) sum[g] = acc[r][g];
+    } else {  // back to back: unpacked through L1
+      alignas(64) float packed[NV * W];
+      for (int v = 0; v < NV; ++v) acc[r][v].store(packed + v * W);
+      for (int g = 0; g < 4; ++g) sum[g] = load_n<Vec>(packed + g * n, n);
+    }
+    Vec a_i = sum[0] + b_i, a_f = sum[1] + b_f, a_g = sum[2] + b_g, a_o = sum[3] + b_o;
     if (a.hoisted) {
       a_i = a_i + load_n<Vec>(pre, n);
       a_f = a_f + load_n<Vec>(pre + H, n);
@@ -192,6 +100,27 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
   }
 }
 
+// The operands of one row tile of a step.
+struct TileRows {
+  int64_t t, r0, R;
+  const float* x[kTileRows];
+  const float* h[kTileRows];
+};
+
+// The tile's group q and K block: picks the instantiation for its rows and the group's width.
+template <int NV>
+void group_tile(const FusedForwardArgs& a, const float* panels, const TileRows& m, int64_t q,
+                int64_t k_lo, int64_t k_hi, float* part, Prefetch pf) {
+  switch (m.R) {
+    case 6: fused_tile<6, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
+    case 5: fused_tile<5, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
+    case 4: fused_tile<4, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
+    case 3: fused_tile<3, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
+    case 2: fused_tile<2, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
+    default: fused_tile<1, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
+  }
+}
+
 // Rows [lo, hi) of step s (processing order), groups [q_lo, q_hi).
 void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64_t lo,
                 int64_t hi, int64_t q_lo, int64_t q_hi, bool prefetch_next, float* partial) {
@@ -210,27 +139,25 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   const int64_t k_block = hi - lo > 4 * kTileRows ? kKBlock : K;
   const int64_t tiles = (hi - lo + kTileRows - 1) / kTileRows;
   for (int64_t q = q_lo; q < q_hi; ++q) {
+    const int nv = group_vectors(a.H, q);
     for (int64_t k_lo = 0; k_lo < K; k_lo += k_block) {
       const int64_t k_hi = imin(K, k_lo + k_block);
       const NextBlock next(panels, K, q, k_lo, k_hi, q_lo, q_hi, prefetch_next);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
-        const Prefetch pf = next.share(tiles, (r0 - lo) / kTileRows);
-        const int64_t R = imin(kTileRows, hi - r0);
-        const float* x_rows[kTileRows];
-        const float* h_rows[kTileRows];
-        for (int64_t r = 0; r < R; ++r) {
+        TileRows m{t, r0, imin(kTileRows, hi - r0), {}, {}};
+        for (int64_t r = 0; r < m.R; ++r) {
           const int64_t b = r0 + r;
-          x_rows[r] = a.hoisted ? nullptr : a.x + (a.offsets[t] + b) * a.I;
-          h_rows[r] = b < n_cont ? a.y + (a.offsets[t_prev] + b) * a.H : a.h0 + b * a.H;
+          m.x[r] = a.hoisted ? nullptr : a.x + (a.offsets[t] + b) * a.I;
+          m.h[r] = b < n_cont ? a.y + (a.offsets[t_prev] + b) * a.H : a.h0 + b * a.H;
         }
         float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
-        switch (R) {
-          case 6: fused_tile<6>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part, pf); break;
-          case 5: fused_tile<5>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part, pf); break;
-          case 4: fused_tile<4>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part, pf); break;
-          case 3: fused_tile<3>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part, pf); break;
-          case 2: fused_tile<2>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part, pf); break;
-          default: fused_tile<1>(a, panels, t, r0, q, x_rows, h_rows, k_lo, k_hi, part, pf); break;
+        // A narrow last group is not prefetched (its panel is not 4W floats per k).
+        switch (nv) {
+          case 1: group_tile<1>(a, panels, m, q, k_lo, k_hi, part, {}); break;
+          case 2: group_tile<2>(a, panels, m, q, k_lo, k_hi, part, {}); break;
+          case 3: group_tile<3>(a, panels, m, q, k_lo, k_hi, part, {}); break;
+          default:
+            group_tile<4>(a, panels, m, q, k_lo, k_hi, part, next.share(tiles, (r0 - lo) / kTileRows));
         }
       }
     }

@@ -15,6 +15,7 @@ namespace fused_lstm::cpu::avx2 {
 #include "vec_avx2.h"
 #include "vec_math.h"
 #include "cell_rows.h"
+#include "tile.h"
 #include "fused_forward.h"
 #include "fused_backward.h"
 #include "fma_peak.h"
