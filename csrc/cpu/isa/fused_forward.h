@@ -73,10 +73,11 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
     Vec sum[4];  // x W_ih^T + h W_hh^T of the n units, gates i, f, g, o
     if constexpr (NV == 4) {
       for (int g = 0; g < 4; ++g) sum[g] = acc[r][g];
-    } else {  // back to back: unpacked through L1
-      alignas(64) float packed[NV * W];
-      for (int v = 0; v < NV; ++v) acc[r][v].store(packed + v * W);
-      for (int g = 0; g < 4; ++g) sum[g] = load_n<Vec>(packed + g * n, n);
+    } else {  // back to back: gate g is lanes [g n, (g + 1) n) of the NV vectors
+      for (int g = 0; g < 4; ++g) {
+        const int64_t v = imin(g * n / W, NV - 1);
+        sum[g] = lanes_of(acc[r][v], acc[r][imin(v + 1, NV - 1)], g * n - v * W);
+      }
     }
     Vec a_i = sum[0] + b_i, a_f = sum[1] + b_f, a_g = sum[2] + b_g, a_o = sum[3] + b_o;
     if (a.hoisted) {
@@ -156,8 +157,10 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
           case 1: group_tile<1>(a, panels, m, q, k_lo, k_hi, part, {}); break;
           case 2: group_tile<2>(a, panels, m, q, k_lo, k_hi, part, {}); break;
           case 3: group_tile<3>(a, panels, m, q, k_lo, k_hi, part, {}); break;
-          default:
-            group_tile<4>(a, panels, m, q, k_lo, k_hi, part, next.share(tiles, (r0 - lo) / kTileRows));
+          default: {
+            const Prefetch pf = next.share(tiles, (r0 - lo) / kTileRows);
+            group_tile<4>(a, panels, m, q, k_lo, k_hi, part, pf);
+          }
         }
       }
     }

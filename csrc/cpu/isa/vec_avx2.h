@@ -50,3 +50,12 @@ inline Vec select_small(Vec x, float t, Vec a, Vec b) {
   const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x.v);
   return _mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(ax, _mm256_set1_ps(t), _CMP_LT_OQ));
 }
+// Lanes [off, off + kWidth) of the concatenation a | b, for 0 <= off <= kWidth.
+inline Vec lanes_of(Vec a, Vec b, int64_t off) {
+  const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(off)),
+                                       _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256 from_a = _mm256_permutevar8x32_ps(a.v, idx);  // uses idx mod 8
+  const __m256 from_b = _mm256_permutevar8x32_ps(b.v, idx);
+  return _mm256_blendv_ps(from_a, from_b,
+                          _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7))));
+}

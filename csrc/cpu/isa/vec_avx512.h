@@ -44,3 +44,10 @@ inline Vec select_small(Vec x, float t, Vec a, Vec b) {
   const __m512 ax = _mm512_abs_ps(x.v);
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(ax, _mm512_set1_ps(t), _CMP_LT_OQ), b.v, a.v);
 }
+// Lanes [off, off + kWidth) of the concatenation a | b, for 0 <= off <= kWidth.
+inline Vec lanes_of(Vec a, Vec b, int64_t off) {
+  const __m512i idx = _mm512_add_epi32(
+      _mm512_set1_epi32(static_cast<int>(off)),
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  return _mm512_permutex2var_ps(a.v, idx, b.v);
+}
