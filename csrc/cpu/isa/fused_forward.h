@@ -56,7 +56,7 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
 template <int R, int NV>
 void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64_t r0,
                 int64_t q, const float* const* x_rows, const float* const* h_rows, int64_t k_lo,
-                int64_t k_hi, float* partial, Prefetch pf) {
+                int64_t k_hi, float* partial, const Prefetch& pf) {
   constexpr int W = Vec::kWidth;
   const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, j0 = q * W;
   const int64_t n = H - j0 < W ? H - j0 : W;
@@ -111,7 +111,7 @@ struct TileRows {
 // The tile's group q and K block: picks the instantiation for its rows and the group's width.
 template <int NV>
 void group_tile(const FusedForwardArgs& a, const float* panels, const TileRows& m, int64_t q,
-                int64_t k_lo, int64_t k_hi, float* part, Prefetch pf) {
+                int64_t k_lo, int64_t k_hi, float* part, const Prefetch& pf) {
   switch (m.R) {
     case 6: fused_tile<6, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
     case 5: fused_tile<5, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
@@ -143,7 +143,8 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
     const int nv = group_vectors(a.H, q);
     for (int64_t k_lo = 0; k_lo < K; k_lo += k_block) {
       const int64_t k_hi = imin(K, k_lo + k_block);
-      const NextBlock next(panels, K, q, k_lo, k_hi, q_lo, q_hi, prefetch_next);
+      const NextBlock next(K, q, k_lo, k_hi, q_lo, q_hi, prefetch_next);
+      const bool ahead = stream_ahead(k_block, nv, hi - lo);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         TileRows m{t, r0, imin(kTileRows, hi - r0), {}, {}};
         for (int64_t r = 0; r < m.R; ++r) {
@@ -152,15 +153,12 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
           m.h[r] = b < n_cont ? a.y + (a.offsets[t_prev] + b) * a.H : a.h0 + b * a.H;
         }
         float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
-        // A narrow last group is not prefetched (its panel is not 4W floats per k).
+        const Prefetch pf = next.share(tiles, (r0 - lo) / kTileRows, ahead);
         switch (nv) {
-          case 1: group_tile<1>(a, panels, m, q, k_lo, k_hi, part, {}); break;
-          case 2: group_tile<2>(a, panels, m, q, k_lo, k_hi, part, {}); break;
-          case 3: group_tile<3>(a, panels, m, q, k_lo, k_hi, part, {}); break;
-          default: {
-            const Prefetch pf = next.share(tiles, (r0 - lo) / kTileRows);
-            group_tile<4>(a, panels, m, q, k_lo, k_hi, part, pf);
-          }
+          case 1: group_tile<1>(a, panels, m, q, k_lo, k_hi, part, pf); break;
+          case 2: group_tile<2>(a, panels, m, q, k_lo, k_hi, part, pf); break;
+          case 3: group_tile<3>(a, panels, m, q, k_lo, k_hi, part, pf); break;
+          default: group_tile<4>(a, panels, m, q, k_lo, k_hi, part, pf); break;
         }
       }
     }
