@@ -218,7 +218,10 @@ def main() -> None:
     shapes = ([(tuple(int(v) for v in s.split(",")), "custom") for s in args.shape]
               if args.shape else (CUDA_SHAPES if args.device == "cuda" else SHAPES))
     threads = torch.get_num_threads()
-    peak = fused_lstm.fma_peak_gflops(threads) if args.device == "cpu" else None
+    # The best of a few short measurements: one can land on a moment the (shared) machine is
+    # busy, and a low peak would inflate every "% of peak".
+    peak = (max(fused_lstm.fma_peak_gflops(threads) or 0.0 for _ in range(5)) or None
+            if args.device == "cpu" else None)
     print(f"torch {torch.__version__}, fused_lstm backend {fused_lstm.backend()}, CPU ISA "
           f"{fused_lstm.cpu_isa()}, {threads} threads, float32")
     if args.device == "cpu":
