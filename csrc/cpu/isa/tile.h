@@ -11,7 +11,8 @@ constexpr int kTileRows = 6;
 // (std::min would instantiate a template shared with baseline code: see isa_avx512.cpp.)
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// About one core's L1 and L2 on current x86 server CPUs (48 KB; 1-2 MB).
+// What a panel may take of one core's L1 (48 KB on current x86 server CPUs), and about one
+// core's L2 (1-2 MB).
 constexpr int64_t kL1Bytes = int64_t{32} << 10;
 constexpr int64_t kL2Bytes = int64_t{2} << 20;
 
@@ -34,8 +35,8 @@ struct Prefetch {
 
 constexpr int64_t kAheadBytes = 1024;
 
-// As asm that declares no memory access: GCC models _mm_prefetch as a load that may alias the
-// accumulators, which it then stores to the stack on every k step (2x slower, measured).
+// Both as asm that declares no memory access: GCC models _mm_prefetch as a load that may alias
+// the accumulators, which it then stores to the stack on every k step (2x slower, measured).
 template <int kLines>
 inline void prefetch_ahead(const float* w) {
   for (int l = 0; l < kLines; ++l) {  // constant displacements: no register per line
@@ -64,9 +65,9 @@ struct NextBlock {
     delta = ((q_next * K + k_next) - (q * K + k_lo)) * 4 * Vec::kWidth * int64_t{sizeof(float)};
   }
 
-  // Tile `tile` of `tiles` (ahead: see Prefetch): the first min(tiles, lanes) tiles take the
-  // lanes round-robin, at most two each (a lone tile covers half the block; the hardware
-  // prefetcher does the rest).
+  // The prefetches of tile `tile` of `tiles` (`ahead` passes through): the first
+  // min(tiles, lanes) tiles take the lanes of the next block round-robin, at most two each
+  // (a lone tile covers half the block; the hardware prefetcher does the rest).
   Prefetch share(int64_t tiles, int64_t tile, bool ahead) const {
     constexpr int64_t lanes = Vec::kWidth / 4;
     const int64_t users = imin(tiles, lanes);
@@ -88,9 +89,10 @@ inline bool stream_ahead(int64_t k_range, int nv, int64_t rows) {
 // a_rows[r][k] for k < Ka and b_rows[r][k - Ka] after (the [x_t, h] concatenation, never
 // materialized); the panel holds NV vectors per k.
 template <int R, int NV, bool kAhead, bool kNext>
-LSTM_TILE_INLINE void tile_accumulate(const float* const* a_rows, int64_t Ka, const float* const* b_rows,
-                            int64_t k_lo, int64_t k_hi, const float* panel, Vec (&acc)[R][NV],
-                            const Prefetch& pf) {
+LSTM_TILE_INLINE void tile_accumulate(const float* const* a_rows, int64_t Ka,
+                                      const float* const* b_rows, int64_t k_lo, int64_t k_hi,
+                                      const float* panel, Vec (&acc)[R][NV],
+                                      const Prefetch& pf) {
   constexpr int W = Vec::kWidth;
   constexpr int kLines = NV * W * 4 / 64 > 0 ? NV * W * 4 / 64 : 1;  // per k step
   const float* w = panel + k_lo * NV * W;
@@ -127,8 +129,9 @@ constexpr int64_t kKBlock = 128;
 // prefetched as a next block (NextBlock assumes 4W floats per k).
 template <int R, int NV>
 LSTM_TILE_INLINE bool tile_block(Vec (&acc)[R][NV], const float* const* a_rows, int64_t Ka,
-                       const float* const* b_rows, int64_t k_lo, int64_t k_hi, int64_t K,
-                       const float* panel, float* partial, const Prefetch& pf) {
+                                 const float* const* b_rows, int64_t k_lo, int64_t k_hi,
+                                 int64_t K, const float* panel, float* partial,
+                                 const Prefetch& pf) {
   constexpr int W = Vec::kWidth;
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v)
