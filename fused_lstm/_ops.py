@@ -34,6 +34,15 @@ def _load_extension() -> Tuple[bool, str]:
     return True, "compiled extension loaded"
 
 
+def _check_cache_env() -> None:
+    # The C++ cache reads FUSED_LSTM_CPU_CACHE_MB once; a typo there would silently turn it off.
+    value = os.environ.get("FUSED_LSTM_CPU_CACHE_MB", "")
+    if value and not value.strip().isdigit():
+        raise ValueError("FUSED_LSTM_CPU_CACHE_MB must be a non-negative integer (megabytes), "
+                         f"got {value!r}")
+
+
+_check_cache_env()
 _C = None
 HAS_EXTENSION, LOAD_REASON = _load_extension()
 

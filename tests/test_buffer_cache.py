@@ -65,3 +65,12 @@ def test_cache_limit_zero_turns_caching_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "0"
+
+
+def test_bad_cache_limit_is_an_error_naming_the_variable():
+    env = dict(os.environ, FUSED_LSTM_CPU_CACHE_MB="1GB")
+    out = subprocess.run([sys.executable, "-c", "import fused_lstm"], env=env,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "FUSED_LSTM_CPU_CACHE_MB must be a non-negative integer" in out.stderr
+    assert "'1GB'" in out.stderr
