@@ -74,3 +74,13 @@ def test_bad_cache_limit_is_an_error_naming_the_variable():
     assert out.returncode != 0
     assert "FUSED_LSTM_CPU_CACHE_MB must be a non-negative integer" in out.stderr
     assert "'1GB'" in out.stderr
+
+
+def test_cached_outputs_are_ordinary_resizable_tensors():
+    """As nn.LSTM's: resize_ works (it reallocates through the cache) and the data survives."""
+    _, fused = make_pair(input_size=I, hidden_size=H)
+    with torch.no_grad():
+        out, _ = fused(torch.randn(T, B, I))
+    kept = out.clone()
+    out.resize_(2 * T, B, H)
+    torch.testing.assert_close(out[:T], kept, atol=0, rtol=0)

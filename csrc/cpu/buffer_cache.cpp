@@ -1,5 +1,8 @@
 #include "buffer_cache.h"
 
+#include <ATen/EmptyTensor.h>
+#include <c10/core/CPUAllocator.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <list>
@@ -87,15 +90,36 @@ BufferCache& cache() {
   return *c;
 }
 
+// A c10::Allocator over the cache, so that its tensors are ordinary resizable CPU tensors
+// (a resize_ reallocates through it). Requests below kMinCachedBytes go to torch's CPU
+// allocator.
+class CachingAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t bytes) override {
+    if (bytes < static_cast<size_t>(kMinCachedBytes)) {
+      return c10::GetCPUAllocator()->allocate(bytes);
+    }
+    void* p = cache().get(bytes);
+    return {p, p, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+ private:
+  static void release(void* p) { cache().put(p); }
+};
+
+c10::Allocator* allocator() {
+  static CachingAllocator* a = new CachingAllocator();
+  return a;
+}
+
 }  // namespace
 
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const int64_t bytes = numel * static_cast<int64_t>(opts.dtype().itemsize());
-  if (bytes < kMinCachedBytes) return at::empty(sizes, opts);
-  void* p = cache().get(static_cast<size_t>(bytes));
-  return at::from_blob(p, sizes, [](void* ptr) { cache().put(ptr); }, opts);
+  return at::detail::empty_generic(sizes, allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                   opts.dtype().toScalarType(), std::nullopt);
 }
 
 int64_t empty_cache() { return cache().clear(); }

@@ -18,7 +18,8 @@ namespace fused_lstm::cpu {
 
 constexpr int64_t kMinCachedBytes = int64_t{1} << 20;
 
-// at::empty(sizes, opts) for a CPU dtype, served from the cache when large enough.
+// at::empty(sizes, opts) for a CPU dtype, served from the cache when large enough; an
+// ordinary (resizable) CPU tensor.
 at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& opts);
 
 // Frees the cached blocks (not the ones in use); returns how many bytes it freed.
