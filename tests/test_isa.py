@@ -117,3 +117,50 @@ def test_baseline_code_has_no_avx_instructions():
         elif ("%ymm" in line or "%zmm" in line) and not re.search(r"::(avx2|avx512)::", function or ""):
             offenders.add(function)
     assert not offenders, sorted(offenders)[:10]
+
+
+def test_register_tiles_keep_their_accumulators_in_registers():
+    """The inner k loop of every register tile the library holds (R rows x NV vectors; up to
+    6x4 on AVX-512's 32 registers, 3x4 on AVX2's 16) must not touch the stack: when an
+    accumulator spills, every k step stores it (seen while tuning: a prefetch intrinsic and
+    an out-of-line tile each made the loop 2x slower, and 6-row tiles on AVX2 1.4x slower).
+    A codegen check, not a timing: it reads the compiled library."""
+    import re
+    import shutil
+
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        pytest.skip("objdump not found")
+    library = fused_lstm._ops._C.__file__
+    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", library],
+                             capture_output=True, text=True, check=True).stdout
+    bodies, name = {}, None  # tile -> its longest body (not a PLT stub or cold part)
+    for line in listing.splitlines():
+        header = re.match(r"^[0-9a-f]+ <.*fused_lstm::cpu::(avx2|avx512)::"
+                          r"(fused_tile<\d+, \d+>|dh_tile<\d+>)\(.*>:$", line)
+        if header or re.match(r"^[0-9a-f]+ <", line):
+            name = f"{header.group(1)}::{header.group(2)}" if header else None
+            if name and len(bodies.setdefault(name, [])) > 0:
+                bodies[name + " (other part)"] = []
+                name += " (other part)"
+        elif name is not None:
+            instruction = re.match(r"\s*([0-9a-f]+):\s+(.*)", line)
+            if instruction:
+                bodies[name].append((int(instruction.group(1), 16), instruction.group(2)))
+    checked = set()
+    for tile, body in bodies.items():
+        sizes = [int(v) for v in re.findall(r"\d+", tile.split("::")[1])]
+        fmas = sizes[0] * (sizes[1] if len(sizes) > 1 else 4)
+        for address, text in body:
+            jump = re.match(r"j\w+\s+([0-9a-f]+)", text)
+            if jump and int(jump.group(1), 16) < address:  # a backward branch closes a loop
+                loop = [t for a, t in body if int(jump.group(1), 16) <= a < address]
+                straight = not any(re.match(r"j\w+\s", t) for t in loop)  # an innermost loop
+                if straight and sum("vfmadd" in t for t in loop) == fmas:
+                    spills = [t for t in loop
+                              if re.search(r"[yz]mm", t) and re.search(r"\(%r[sb]p", t)]
+                    assert not spills, f"{tile}: accumulators spill in the k loop: {spills[:3]}"
+                    checked.add(tile.replace(" (other part)", ""))
+    for full in ("avx512::fused_tile<6, 4>", "avx512::dh_tile<6>", "avx2::fused_tile<3, 4>",
+                 "avx2::dh_tile<3>"):
+        assert full in checked, f"no k loop found in {full}"

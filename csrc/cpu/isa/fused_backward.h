@@ -60,14 +60,9 @@ void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
       const int64_t k_hi = imin(G, k_lo + k_block);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
-        switch (imin(kTileRows, hi - r0)) {
-          case 6: dh_tile<6>(a, panels, row, r0, c, k_lo, k_hi, part, pf); break;
-          case 5: dh_tile<5>(a, panels, row, r0, c, k_lo, k_hi, part, pf); break;
-          case 4: dh_tile<4>(a, panels, row, r0, c, k_lo, k_hi, part, pf); break;
-          case 3: dh_tile<3>(a, panels, row, r0, c, k_lo, k_hi, part, pf); break;
-          case 2: dh_tile<2>(a, panels, row, r0, c, k_lo, k_hi, part, pf); break;
-          default: dh_tile<1>(a, panels, row, r0, c, k_lo, k_hi, part, pf); break;
-        }
+        with_rows(imin(kTileRows, hi - r0), [&]<int R>() {
+          dh_tile<R>(a, panels, row, r0, c, k_lo, k_hi, part, pf);
+        });
       }
     }
   }

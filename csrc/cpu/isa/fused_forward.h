@@ -112,14 +112,9 @@ struct TileRows {
 template <int NV>
 void group_tile(const FusedForwardArgs& a, const float* panels, const TileRows& m, int64_t q,
                 int64_t k_lo, int64_t k_hi, float* part, const Prefetch& pf) {
-  switch (m.R) {
-    case 6: fused_tile<6, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
-    case 5: fused_tile<5, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
-    case 4: fused_tile<4, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
-    case 3: fused_tile<3, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
-    case 2: fused_tile<2, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
-    default: fused_tile<1, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf); break;
-  }
+  with_rows(m.R, [&]<int R>() {
+    fused_tile<R, NV>(a, panels, m.t, m.r0, q, m.x, m.h, k_lo, k_hi, part, pf);
+  });
 }
 
 // Rows [lo, hi) of step s (processing order), groups [q_lo, q_hi).

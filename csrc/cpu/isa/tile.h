@@ -1,12 +1,25 @@
 // The register tile both fused time loops are built on: R <= 6 rows times NV <= 4 vectors of
 // a weight panel, accumulated over K in registers, K-blocked, with software prefetch of the
 // weights. Written once over Vec (include inside the ISA unit's namespace, after vec_*.h).
-constexpr int kTileRows = 6;
+// R x 4 accumulators + 4 weight vectors + 1 broadcast must fit in the vector registers:
+// 6 rows with AVX-512's 32, 3 with AVX2's 16 (6 rows there spilled 28 accumulators to the
+// stack on every k step: 2.2x slower at (100, 64, 512, 512)).
+constexpr int kTileRows = Vec::kRegisters >= 32 ? 6 : 3;
 
 // The accumulators stay in registers only when the whole tile is inlined into the function
 // that owns them; as an out-of-line call they live in the caller's memory and are stored on
 // every k step (measured 2x slower).
 #define LSTM_TILE_INLINE inline __attribute__((always_inline))
+
+// Calls f.template operator()<R>() with R = rows, for 1 <= rows <= kTileRows: the tile
+// functions are instantiated per row count, and only for counts this ISA's tile holds.
+template <int R = kTileRows, typename F>
+inline void with_rows(int64_t rows, const F& f) {
+  if constexpr (R > 1) {
+    if (rows < R) return with_rows<R - 1>(rows, f);
+  }
+  f.template operator()<R>();
+}
 
 // (std::min would instantiate a template shared with baseline code: see isa_avx512.cpp.)
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }

@@ -3,6 +3,7 @@
 
 struct Vec {
   static constexpr int kWidth = 8;
+  static constexpr int kRegisters = 16;  // vector registers
   __m256 v;
 
   Vec() = default;

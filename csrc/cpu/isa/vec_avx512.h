@@ -3,6 +3,7 @@
 
 struct Vec {
   static constexpr int kWidth = 16;
+  static constexpr int kRegisters = 32;  // vector registers
   __m512 v;
 
   Vec() = default;
