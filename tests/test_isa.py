@@ -1,6 +1,9 @@
 """Every CPU kernel path this machine can run (AVX-512, AVX2, generic) against nn.LSTM, and
 the switch between them."""
+import functools
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -96,26 +99,36 @@ def test_environment_variable_picks_the_isa():
     assert out.stdout.strip() == "generic"
 
 
-def test_baseline_code_has_no_avx_instructions():
-    """The build is portable: every function outside the per-ISA kernels is baseline x86-64
-    (no ymm/zmm register anywhere else), so the library loads and runs on any x86-64 CPU and
-    picks its kernels at run time."""
-    import re
-    import shutil
-
+@functools.lru_cache(maxsize=1)
+def disassembly():
+    """The built library's functions: {name: [part, ...]}, each part a list of (address,
+    instruction); a name can have several parts (the function, its PLT stub, a cold clone)."""
     objdump = shutil.which("objdump")
     if objdump is None:
         pytest.skip("objdump not found")
     library = fused_lstm._ops._C.__file__
     listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", library],
                              capture_output=True, text=True, check=True).stdout
-    offenders, function = set(), None
+    functions, part = {}, None
     for line in listing.splitlines():
         header = re.match(r"^[0-9a-f]+ <(.*)>:$", line)
         if header:
-            function = header.group(1)
-        elif ("%ymm" in line or "%zmm" in line) and not re.search(r"::(avx2|avx512)::", function or ""):
-            offenders.add(function)
+            part = []
+            functions.setdefault(header.group(1), []).append(part)
+        elif part is not None:
+            instruction = re.match(r"\s*([0-9a-f]+):\s+(.*)", line)
+            if instruction:
+                part.append((int(instruction.group(1), 16), instruction.group(2)))
+    return functions
+
+
+def test_baseline_code_has_no_avx_instructions():
+    """The build is portable: every function outside the per-ISA kernels is baseline x86-64
+    (no ymm/zmm register anywhere else), so the library loads and runs on any x86-64 CPU and
+    picks its kernels at run time."""
+    offenders = {name for name, parts in disassembly().items()
+                 if not re.search(r"::(avx2|avx512)::", name)
+                 and any("%ymm" in text or "%zmm" in text for part in parts for _, text in part)}
     assert not offenders, sorted(offenders)[:10]
 
 
@@ -125,42 +138,26 @@ def test_register_tiles_keep_their_accumulators_in_registers():
     accumulator spills, every k step stores it (seen while tuning: a prefetch intrinsic and
     an out-of-line tile each made the loop 2x slower, and 6-row tiles on AVX2 1.4x slower).
     A codegen check, not a timing: it reads the compiled library."""
-    import re
-    import shutil
-
-    objdump = shutil.which("objdump")
-    if objdump is None:
-        pytest.skip("objdump not found")
-    library = fused_lstm._ops._C.__file__
-    listing = subprocess.run([objdump, "-d", "--no-show-raw-insn", "-C", library],
-                             capture_output=True, text=True, check=True).stdout
-    bodies, name = {}, None  # tile -> its longest body (not a PLT stub or cold part)
-    for line in listing.splitlines():
-        header = re.match(r"^[0-9a-f]+ <.*fused_lstm::cpu::(avx2|avx512)::"
-                          r"(fused_tile<\d+, \d+>|dh_tile<\d+>)\(.*>:$", line)
-        if header or re.match(r"^[0-9a-f]+ <", line):
-            name = f"{header.group(1)}::{header.group(2)}" if header else None
-            if name and len(bodies.setdefault(name, [])) > 0:
-                bodies[name + " (other part)"] = []
-                name += " (other part)"
-        elif name is not None:
-            instruction = re.match(r"\s*([0-9a-f]+):\s+(.*)", line)
-            if instruction:
-                bodies[name].append((int(instruction.group(1), 16), instruction.group(2)))
     checked = set()
-    for tile, body in bodies.items():
-        sizes = [int(v) for v in re.findall(r"\d+", tile.split("::")[1])]
+    for name, parts in disassembly().items():
+        tile = re.search(r"fused_lstm::cpu::((?:avx2|avx512)::"
+                         r"(?:fused_tile<\d+, \d+>|dh_tile<\d+>))\(", name)
+        if not tile:
+            continue
+        sizes = [int(v) for v in re.findall(r"\d+", tile.group(1).split("::")[1])]
         fmas = sizes[0] * (sizes[1] if len(sizes) > 1 else 4)
-        for address, text in body:
-            jump = re.match(r"j\w+\s+([0-9a-f]+)", text)
-            if jump and int(jump.group(1), 16) < address:  # a backward branch closes a loop
+        for body in parts:
+            for address, text in body:
+                jump = re.match(r"j\w+\s+([0-9a-f]+)", text)
+                if not jump or int(jump.group(1), 16) >= address:
+                    continue  # a backward branch closes a loop
                 loop = [t for a, t in body if int(jump.group(1), 16) <= a < address]
                 straight = not any(re.match(r"j\w+\s", t) for t in loop)  # an innermost loop
                 if straight and sum("vfmadd" in t for t in loop) == fmas:
                     spills = [t for t in loop
                               if re.search(r"[yz]mm", t) and re.search(r"\(%r[sb]p", t)]
-                    assert not spills, f"{tile}: accumulators spill in the k loop: {spills[:3]}"
-                    checked.add(tile.replace(" (other part)", ""))
+                    assert not spills, f"{tile.group(1)}: accumulators spill: {spills[:3]}"
+                    checked.add(tile.group(1))
     for full in ("avx512::fused_tile<6, 4>", "avx512::dh_tile<6>", "avx2::fused_tile<3, 4>",
                  "avx2::dh_tile<3>"):
         assert full in checked, f"no k loop found in {full}"

@@ -117,9 +117,10 @@ void group_tile(const FusedForwardArgs& a, const float* panels, const TileRows& 
   });
 }
 
-// Rows [lo, hi) of step s (processing order), groups [q_lo, q_hi).
+// Rows [lo, hi) of step s (processing order), groups [q_lo, q_hi); from_l3: the thread's
+// weights do not stay in L2 between steps, so each next block is prefetched (tile.h).
 void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64_t lo,
-                int64_t hi, int64_t q_lo, int64_t q_hi, bool prefetch_next, float* partial) {
+                int64_t hi, int64_t q_lo, int64_t q_hi, bool from_l3, float* partial) {
   const int64_t t = a.reverse ? a.T - 1 - s : s;
   const int64_t t_prev = a.reverse ? t + 1 : t - 1;
   const int64_t n = a.offsets[t + 1] - a.offsets[t];
@@ -138,7 +139,7 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
     const int nv = group_vectors(a.H, q);
     for (int64_t k_lo = 0; k_lo < K; k_lo += k_block) {
       const int64_t k_hi = imin(K, k_lo + k_block);
-      const NextBlock next(K, q, k_lo, k_hi, q_lo, q_hi, prefetch_next);
+      const NextBlock next(K, q, k_lo, k_hi, q_lo, q_hi, from_l3);
       const bool ahead = stream_ahead(k_block, nv, hi - lo);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         TileRows m{t, r0, imin(kTileRows, hi - r0), {}, {}};
@@ -172,7 +173,7 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
   const int64_t K = (a.hoisted ? 0 : a.I) + a.H;
   const int64_t thread_groups = split_rows ? groups : (groups + nt - 1) / nt;
   const int64_t thread_bytes = thread_groups * K * 4 * Vec::kWidth * int64_t{sizeof(float)};
-  const bool prefetch_next = thread_bytes > kL2Bytes;
+  const bool from_l3 = thread_bytes > kL2Bytes;
 #pragma omp parallel num_threads(nt)
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
@@ -180,14 +181,14 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
     if (split_rows) {
       const int64_t per = (a.B + threads - 1) / threads;
       for (int64_t s = a.s0; s < a.s1; ++s) {
-        fused_step(a, panels, s, tid * per, imin(a.B, (tid + 1) * per), 0, groups, prefetch_next,
+        fused_step(a, panels, s, tid * per, imin(a.B, (tid + 1) * per), 0, groups, from_l3,
                    partial);
       }
     } else {
       const int64_t per = (groups + threads - 1) / threads;
       const int64_t q_lo = imin(groups, tid * per), q_hi = imin(groups, q_lo + per);
       for (int64_t s = a.s0; s < a.s1; ++s) {
-        fused_step(a, panels, s, 0, a.B, q_lo, q_hi, prefetch_next, partial);
+        fused_step(a, panels, s, 0, a.B, q_lo, q_hi, from_l3, partial);
 #pragma omp barrier
       }
     }
