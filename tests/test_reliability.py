@@ -40,7 +40,12 @@ def test_empty_batch_matches_nn_lstm():
     out, (h, c) = fused(x)
     assert out.shape == out_ref.shape and h.shape == h_ref.shape and c.shape == c_ref.shape
     (out.sum() + h.sum() + c.sum()).backward()
+    (out_ref.sum() + h_ref.sum() + c_ref.sum()).backward()
     assert x.grad.shape == x.shape
+    # No rows: every weight gradient is exactly zero (the GEMMs over them have k = 0).
+    for (name, p_ref), p in zip(ref.named_parameters(), fused.parameters()):
+        assert torch.equal(p.grad, torch.zeros_like(p)), name
+        assert torch.equal(p.grad, p_ref.grad), name
 
 
 def test_zero_length_sequence_raises_like_nn_lstm():

@@ -71,6 +71,12 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* 
   if (m == 0 || n == 0) {
     return;
   }
+  if (k == 0) {  // C = beta C; BLAS libraries differ on whether they touch C at all here
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+    }
+    return;
+  }
   const int M = blas_int(m), N = blas_int(n), K = blas_int(k);
   const int LDA = blas_int(std::max<int64_t>(lda, 1)), LDB = blas_int(std::max<int64_t>(ldb, 1));
   const int LDC = blas_int(std::max<int64_t>(ldc, 1));

@@ -183,10 +183,10 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   at::Tensor h_raw = at::empty({proj ? n.N : 0, n.H}, opts);
   at::Tensor dh_raw = at::empty({proj ? n.B : 0, n.H}, opts);
   at::Tensor grad_input = cached_empty(input_grad ? input.sizes() : at::IntArrayRef{0}, opts);
-  // Zero-filled so that an empty batch (GEMMs with k = 0) gives exact zeros on any BLAS.
-  at::Tensor grad_w_ih = at::zeros({4 * n.H, n.I}, opts);
-  at::Tensor grad_w_hh = at::zeros({4 * n.H, n.P}, opts);
-  at::Tensor grad_w_hr = at::zeros({proj ? n.P : 0, n.H}, opts);
+  // The weight-gradient GEMMs overwrite these (beta = 0; gemm zero-fills when k = 0).
+  at::Tensor grad_w_ih = cached_empty({4 * n.H, n.I}, opts);
+  at::Tensor grad_w_hh = cached_empty({4 * n.H, n.P}, opts);
+  at::Tensor grad_w_hr = cached_empty({proj ? n.P : 0, n.H}, opts);
 
   if (fused_path) {
     at::Tensor panels = cached_empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);

@@ -101,9 +101,12 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
   const int64_t blocks = (a.H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
   const int nt = a.num_threads;
   const bool split_rows = blocks < nt || (blocks < 4 * nt && a.B >= 2 * kTileRows * nt);
+  SpinBarrier barrier;
 #pragma omp parallel num_threads(nt)
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
+#pragma omp single
+    barrier.threads = static_cast<int>(threads);
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     const int64_t per_row = (a.B + threads - 1) / threads;
     const int64_t lo = imin(a.B, tid * per_row), hi = imin(a.B, lo + per_row);
@@ -116,9 +119,9 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
       if (split_rows) {
         dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks, partial);
       } else {
-#pragma omp barrier
+        barrier.wait();
         dh_rows(a, panels, row, 0, n, c_lo, c_hi, partial);
-#pragma omp barrier
+        barrier.wait();
       }
     }
   }

@@ -174,9 +174,12 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
   const int64_t thread_groups = split_rows ? groups : (groups + nt - 1) / nt;
   const int64_t thread_bytes = thread_groups * K * 4 * Vec::kWidth * int64_t{sizeof(float)};
   const bool from_l3 = thread_bytes > kL2Bytes;
+  SpinBarrier barrier;
 #pragma omp parallel num_threads(nt)
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
+#pragma omp single
+    barrier.threads = static_cast<int>(threads);
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     if (split_rows) {
       const int64_t per = (a.B + threads - 1) / threads;
@@ -189,7 +192,7 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
       const int64_t q_lo = imin(groups, tid * per), q_hi = imin(groups, q_lo + per);
       for (int64_t s = a.s0; s < a.s1; ++s) {
         fused_step(a, panels, s, 0, a.B, q_lo, q_hi, from_l3, partial);
-#pragma omp barrier
+        barrier.wait();
       }
     }
   }

@@ -5,6 +5,7 @@
 
 #include <immintrin.h>
 #include <omp.h>
+#include <sched.h>
 
 #include <cstdint>
 
@@ -16,6 +17,7 @@ namespace fused_lstm::cpu::avx512 {
 #include "vec_math.h"
 #include "cell_rows.h"
 #include "tile.h"
+#include "spin_barrier.h"
 #include "fused_forward.h"
 #include "fused_backward.h"
 #include "fma_peak.h"
