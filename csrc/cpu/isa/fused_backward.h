@@ -106,7 +106,7 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
 #pragma omp single
-    barrier.threads = static_cast<int>(threads);
+    barrier.start(static_cast<int>(threads));
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     const int64_t per_row = (a.B + threads - 1) / threads;
     const int64_t lo = imin(a.B, tid * per_row), hi = imin(a.B, lo + per_row);

@@ -179,7 +179,7 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
 #pragma omp single
-    barrier.threads = static_cast<int>(threads);
+    barrier.start(static_cast<int>(threads));
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     if (split_rows) {
       const int64_t per = (a.B + threads - 1) / threads;
