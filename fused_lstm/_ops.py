@@ -81,7 +81,7 @@ def fma_peak_gflops(threads: int) -> Optional[float]:
 
 def empty_cache() -> int:
     """Frees the CPU buffers FusedLSTM keeps for reuse (like ``torch.cuda.empty_cache``)
-    and returns the bytes freed. The ops cache their large per-call buffers (1 MB and up:
+    and returns the bytes freed. The ops cache their large per-call buffers (256 KB and up:
     gates, cell states, outputs, gradients) once freed, because fresh pages cost a page fault
     per 4 KB; ``FUSED_LSTM_CPU_CACHE_MB`` caps the cache (default 1024, 0 turns it off)."""
     return _C.empty_cache() if HAS_EXTENSION else 0
