@@ -50,12 +50,15 @@ void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
   }
 }
 
+// Column panels [c_lo, c_hi) in ascending or descending order (alternated per step, as the
+// forward does with its groups: a step starts with the panels still in L2).
 void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t lo,
-             int64_t hi, int64_t c_lo, int64_t c_hi, float* partial) {
+             int64_t hi, int64_t c_lo, int64_t c_hi, bool descending, float* partial) {
   const int64_t G = 4 * a.H, k_block = hi - lo > 4 * kTileRows ? kKBlock : G;
   // Own rows ahead only: prefetching the next column panel (up to 1 MB) measured slower.
   const Prefetch pf{stream_ahead(k_block, 4, hi - lo), false, 0, 0};
-  for (int64_t c = c_lo; c < c_hi; ++c) {
+  for (int64_t i = c_lo; i < c_hi; ++i) {
+    const int64_t c = descending ? c_hi - 1 - (i - c_lo) : i;
     for (int64_t k_lo = 0; k_lo < G; k_lo += k_block) {
       const int64_t k_hi = imin(G, k_lo + k_block);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
@@ -117,10 +120,10 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
       const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
       cell_rows_backward(a, s, lo, hi);
       if (split_rows) {
-        dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks, partial);
+        dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks, s & 1, partial);
       } else {
         barrier.wait();
-        dh_rows(a, panels, row, 0, n, c_lo, c_hi, partial);
+        dh_rows(a, panels, row, 0, n, c_lo, c_hi, s & 1, partial);
         barrier.wait();
       }
     }

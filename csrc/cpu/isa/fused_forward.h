@@ -172,11 +172,16 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   const int64_t K = (a.hoisted ? 0 : a.I) + a.H;
   const int64_t k_block = hi - lo > 4 * kTileRows ? kKBlock : K;
   const int64_t tiles = (hi - lo + kTileRows - 1) / kTileRows;
-  for (int64_t q = q_lo; q < q_hi; ++q) {
+  // Groups in ascending order on even steps, descending on odd ones: a step starts with the
+  // panels the previous one ended with, still in L2 when the thread's weights are not
+  // (measured at B = 16, H = 1024: 71-77 -> 60-67 ms for the time loop alone).
+  const bool descending = s & 1;
+  for (int64_t i = q_lo; i < q_hi; ++i) {
+    const int64_t q = descending ? q_hi - 1 - (i - q_lo) : i;
     const int nv = group_vectors(a.H, q);
     for (int64_t k_lo = 0; k_lo < K; k_lo += k_block) {
       const int64_t k_hi = imin(K, k_lo + k_block);
-      const NextBlock next(K, q, k_lo, k_hi, q_lo, q_hi, from_l3);
+      const NextBlock next(K, q, k_lo, k_hi, q_lo, q_hi, descending, from_l3);
       const bool ahead = stream_ahead(k_block, nv, hi - lo);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         TileRows m{t, r0, imin(kTileRows, hi - r0), {}, {}};

@@ -64,17 +64,18 @@ inline void prefetch_next(const float* w, const Prefetch& pf) {
 }
 
 // The weight block after `block` (rows [k_lo, k_hi) of panel q) in a thread's panels
-// [q_lo, q_hi) of K x 4W floats each, which are contiguous: the rest of this panel, else the
-// next panel's first block (panel q_lo's again for the next step).
+// [q_lo, q_hi) of K x 4W floats each, which are contiguous and visited in ascending or
+// descending order: the rest of this panel, else the next panel's first block. After the
+// last panel there is none: the next step starts from that panel, still in cache.
 struct NextBlock {
   int64_t delta;  // bytes from the current block to the next
   bool enabled;
 
   NextBlock(int64_t K, int64_t q, int64_t k_lo, int64_t k_hi, int64_t q_lo, int64_t q_hi,
-            bool enabled_)
-      : enabled(enabled_) {
-    const int64_t q_next = k_hi < K ? q : (q + 1 < q_hi ? q + 1 : q_lo);
+            bool descending, bool enabled_) {
+    const int64_t q_next = k_hi < K ? q : (descending ? q - 1 : q + 1);
     const int64_t k_next = k_hi < K ? k_hi : 0;
+    enabled = enabled_ && q_next >= q_lo && q_next < q_hi;
     delta = ((q_next * K + k_next) - (q * K + k_lo)) * 4 * Vec::kWidth * int64_t{sizeof(float)};
   }
 
