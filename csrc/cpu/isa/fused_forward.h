@@ -174,7 +174,7 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   const int64_t tiles = (hi - lo + kTileRows - 1) / kTileRows;
   // Groups in ascending order on even steps, descending on odd ones: a step starts with the
   // panels the previous one ended with, still in L2 when the thread's weights are not
-  // (measured at B = 16, H = 1024: 71-77 -> 60-67 ms for the time loop alone).
+  // (measured at B = 16, H = 1024: 70-78 -> 65-69 ms for the time loop alone).
   const bool descending = s & 1;
   for (int64_t i = q_lo; i < q_hi; ++i) {
     const int64_t q = descending ? q_hi - 1 - (i - q_lo) : i;

@@ -25,8 +25,9 @@ struct SpinBarrier {
       __atomic_store_n(&phase, my_phase + 1, __ATOMIC_RELEASE);  // publishes the reset too
       return;
     }
-    for (int spins = 0; __atomic_load_n(&phase, __ATOMIC_ACQUIRE) == my_phase; ++spins) {
+    for (int spins = 0; __atomic_load_n(&phase, __ATOMIC_ACQUIRE) == my_phase;) {
       if (spins < spins_before_yield) {
+        ++spins;
         _mm_pause();
       } else {
         sched_yield();
