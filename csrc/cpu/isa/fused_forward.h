@@ -88,6 +88,25 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
   }
 }
 
+// Lanes [g n, (g + 1) n) = p[g * stride, g * stride + n) for the four gates, zeros after:
+// a narrow group's per-gate values laid out as its one packed vector (4 n <= W).
+inline Vec load_packed(const float* p, int64_t stride, int64_t n) {
+  float lanes[Vec::kWidth] = {};
+  for (int g = 0; g < 4; ++g) {
+    for (int64_t u = 0; u < n; ++u) lanes[g * n + u] = p[g * stride + u];
+  }
+  return Vec::load(lanes);
+}
+
+// The gates of a packed vector of pre-activations (see load_packed): sigmoid and tanh once
+// each on the whole vector, the gate's lanes taken from the one it needs. The same functions
+// per lane as activate(), in two evaluations instead of four (H = 50: the 2-unit group's
+// epilogue cost as much as a full group's).
+inline Gates<Vec> activate_packed(Vec a, int64_t n) {
+  const Vec s = sigmoid(a), t = tanh_(a);
+  return {s, lanes_of(s, s, n), lanes_of(t, t, 2 * n), lanes_of(s, s, 3 * n)};
+}
+
 // Rows [r0, r0 + R) of step t, hidden group q (NV vectors), K block [k_lo, k_hi); the last
 // block runs the cell epilogue.
 template <int R, int NV>
@@ -104,26 +123,33 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
   }
   const Vec b_i = load_n<Vec>(a.bias + j0, n), b_f = load_n<Vec>(a.bias + H + j0, n);
   const Vec b_g = load_n<Vec>(a.bias + 2 * H + j0, n), b_o = load_n<Vec>(a.bias + 3 * H + j0, n);
+  const Vec b_packed = NV == 1 ? load_packed(a.bias + j0, H, n) : Vec(0.0f);
   for (int r = 0; r < R; ++r) {
     const int64_t row = a.offsets[t] + r0 + r;
     float* pre = a.gates ? a.gates + (row - a.gates_row0) * 4 * H + j0 : nullptr;
-    Vec sum[4];  // x W_ih^T + h W_hh^T of the n units, gates i, f, g, o
-    if constexpr (NV == 4) {
-      for (int g = 0; g < 4; ++g) sum[g] = acc[r][g];
-    } else {  // back to back: gate g is lanes [g n, (g + 1) n) of the NV vectors
-      for (int g = 0; g < 4; ++g) {
-        const int64_t v = imin(g * n / W, NV - 1);
-        sum[g] = lanes_of(acc[r][v], acc[r][imin(v + 1, NV - 1)], g * n - v * W);
+    Gates<Vec> gate;
+    if constexpr (NV == 1) {  // one vector holds the four gates back to back
+      const Vec sum = acc[r][0] + b_packed;
+      gate = activate_packed(a.hoisted ? sum + load_packed(pre, H, n) : sum, n);
+    } else {
+      Vec sum[4];  // x W_ih^T + h W_hh^T of the n units, gates i, f, g, o
+      if constexpr (NV == 4) {
+        for (int g = 0; g < 4; ++g) sum[g] = acc[r][g];
+      } else {  // back to back: gate g is lanes [g n, (g + 1) n) of the NV vectors
+        for (int g = 0; g < 4; ++g) {
+          const int64_t v = imin(g * n / W, NV - 1);
+          sum[g] = lanes_of(acc[r][v], acc[r][imin(v + 1, NV - 1)], g * n - v * W);
+        }
       }
+      Vec a_i = sum[0] + b_i, a_f = sum[1] + b_f, a_g = sum[2] + b_g, a_o = sum[3] + b_o;
+      if (a.hoisted) {
+        a_i = a_i + load_n<Vec>(pre, n);
+        a_f = a_f + load_n<Vec>(pre + H, n);
+        a_g = a_g + load_n<Vec>(pre + 2 * H, n);
+        a_o = a_o + load_n<Vec>(pre + 3 * H, n);
+      }
+      gate = activate(a_i, a_f, a_g, a_o);
     }
-    Vec a_i = sum[0] + b_i, a_f = sum[1] + b_f, a_g = sum[2] + b_g, a_o = sum[3] + b_o;
-    if (a.hoisted) {
-      a_i = a_i + load_n<Vec>(pre, n);
-      a_f = a_f + load_n<Vec>(pre + H, n);
-      a_g = a_g + load_n<Vec>(pre + 2 * H, n);
-      a_o = a_o + load_n<Vec>(pre + 3 * H, n);
-    }
-    const Gates<Vec> gate = activate(a_i, a_f, a_g, a_o);
     float* c = a.c + (r0 + r) * H + j0;
     const Vec c_next = cell_next(gate, load_n<Vec>(c, n));
     store_n(c_next, c, n);
