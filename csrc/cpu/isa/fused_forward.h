@@ -29,16 +29,19 @@ int64_t panel_floats(int64_t I, int64_t H, bool hoisted) {
   return num_groups(H) * ((hoisted ? 0 : I) + H) * 4 * Vec::kWidth;
 }
 
-// Columns [k0, k0 + n) of row `row` of the [W_ih | W_hh] concatenation (Kx columns of
-// W_ih, used unless the projection is hoisted), zeros past n.
+// Element (row, k) of the [W_ih | W_hh] concatenation (Kx columns of W_ih: none when the
+// projection is hoisted).
+inline float weight_at(const FusedForwardArgs& a, int64_t Kx, int64_t row, int64_t k) {
+  return k < Kx ? a.w_ih[row * a.I + k] : a.w_hh[row * a.H + (k - Kx)];
+}
+
+// Columns [k0, k0 + n) of row `row` of that concatenation, zeros past n.
 inline Vec weight_segment(const FusedForwardArgs& a, int64_t Kx, int64_t row, int64_t k0,
                           int64_t n) {
   if (k0 >= Kx) return load_n<Vec>(a.w_hh + row * a.H + (k0 - Kx), n);
   if (k0 + n <= Kx) return load_n<Vec>(a.w_ih + row * a.I + k0, n);
   float part[Vec::kWidth] = {};
-  for (int64_t k = k0; k < k0 + n; ++k) {
-    part[k - k0] = k < Kx ? a.w_ih[row * a.I + k] : a.w_hh[row * a.H + (k - Kx)];
-  }
+  for (int64_t k = k0; k < k0 + n; ++k) part[k - k0] = weight_at(a, Kx, row, k);
   return Vec::load(part);
 }
 
@@ -79,9 +82,8 @@ void pack_panels(const FusedForwardArgs& a, float* panels) {
       for (int64_t u = 4 * lanes; u < nv * W; ++u) dst[u] = 0.0f;
       for (int g = 0; g < 4; ++g) {
         for (int64_t u = 0; u < lanes; ++u) {
-          const int64_t j = q * W + u, row = g * H + j;
-          dst[g * lanes + u] =
-              j >= H ? 0.0f : (k < Kx ? a.w_ih[row * a.I + k] : a.w_hh[row * H + (k - Kx)]);
+          const int64_t j = q * W + u;
+          dst[g * lanes + u] = j >= H ? 0.0f : weight_at(a, Kx, g * H + j, k);
         }
       }
     }

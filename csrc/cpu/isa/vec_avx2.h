@@ -61,28 +61,23 @@ inline Vec lanes_of(Vec a, Vec b, int64_t off) {
                           _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7))));
 }
 
-// Transposes the 8 x 8 block held in r (r[i] lane j <-> r[j] lane i): interleave 32-bit
-// then 64-bit elements within 128-bit lanes, then swap lanes.
-inline void transpose(Vec (&r)[8]) {
-  __m256 a[8], b[8];
-  for (int i = 0; i < 8; i += 2) {
-    a[i] = _mm256_unpacklo_ps(r[i].v, r[i + 1].v);
-    a[i + 1] = _mm256_unpackhi_ps(r[i].v, r[i + 1].v);
-  }
-  const auto lo64 = [](__m256 x, __m256 y) {
-    return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(x), _mm256_castps_pd(y)));
-  };
-  const auto hi64 = [](__m256 x, __m256 y) {
-    return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(x), _mm256_castps_pd(y)));
-  };
-  for (int j = 0; j < 8; j += 4) {  // b[j + c], lane l: rows j..j+3 of column 4 l + c
-    b[j] = lo64(a[j], a[j + 2]);
-    b[j + 1] = hi64(a[j], a[j + 2]);
-    b[j + 2] = lo64(a[j + 1], a[j + 3]);
-    b[j + 3] = hi64(a[j + 1], a[j + 3]);
-  }
+// Interleaves within 128-bit lanes, for transpose() (vec_math.h): 32-bit elements of a and
+// b alternating (the low or high pair of each lane), and 64-bit ones.
+inline Vec unpack_lo32(Vec a, Vec b) { return _mm256_unpacklo_ps(a.v, b.v); }
+inline Vec unpack_hi32(Vec a, Vec b) { return _mm256_unpackhi_ps(a.v, b.v); }
+inline Vec unpack_lo64(Vec a, Vec b) {
+  return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(a.v), _mm256_castps_pd(b.v)));
+}
+inline Vec unpack_hi64(Vec a, Vec b) {
+  return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(a.v), _mm256_castps_pd(b.v)));
+}
+
+// The last stage of transpose(): r[j + c] holds, in 128-bit lane l, rows j..j+3 of column
+// 4 l + c; afterwards r[i] is column i (the two lanes exchanged per c).
+inline void transpose_lanes(Vec (&r)[8]) {
   for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x20);
-    r[4 + c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x31);
+    const __m256 lo = r[c].v, hi = r[4 + c].v;
+    r[c] = _mm256_permute2f128_ps(lo, hi, 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(lo, hi, 0x31);
   }
 }

@@ -53,31 +53,27 @@ inline Vec lanes_of(Vec a, Vec b, int64_t off) {
   return _mm512_permutex2var_ps(a.v, idx, b.v);
 }
 
-// Transposes the 16 x 16 block held in r (r[i] lane j <-> r[j] lane i): interleave 32-bit
-// then 64-bit elements within 128-bit lanes, then transpose the 4 x 4 grid of lanes.
-inline void transpose(Vec (&r)[16]) {
-  __m512 a[16], b[16];
-  for (int i = 0; i < 16; i += 2) {
-    a[i] = _mm512_unpacklo_ps(r[i].v, r[i + 1].v);
-    a[i + 1] = _mm512_unpackhi_ps(r[i].v, r[i + 1].v);
-  }
-  const auto lo64 = [](__m512 x, __m512 y) {
-    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
-  };
-  const auto hi64 = [](__m512 x, __m512 y) {
-    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
-  };
-  for (int j = 0; j < 16; j += 4) {  // b[j + c], lane l: rows j..j+3 of column 4 l + c
-    b[j] = lo64(a[j], a[j + 2]);
-    b[j + 1] = hi64(a[j], a[j + 2]);
-    b[j + 2] = lo64(a[j + 1], a[j + 3]);
-    b[j + 3] = hi64(a[j + 1], a[j + 3]);
-  }
+// Interleaves within 128-bit lanes, for transpose() (vec_math.h): 32-bit elements of a and
+// b alternating (the low or high pair of each lane), and 64-bit ones.
+inline Vec unpack_lo32(Vec a, Vec b) { return _mm512_unpacklo_ps(a.v, b.v); }
+inline Vec unpack_hi32(Vec a, Vec b) { return _mm512_unpackhi_ps(a.v, b.v); }
+inline Vec unpack_lo64(Vec a, Vec b) {
+  return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a.v), _mm512_castps_pd(b.v)));
+}
+inline Vec unpack_hi64(Vec a, Vec b) {
+  return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a.v), _mm512_castps_pd(b.v)));
+}
+
+// The last stage of transpose(): r[j + c] holds, in 128-bit lane l, rows j..j+3 of column
+// 4 l + c; afterwards r[i] is column i (a 4 x 4 transpose of 128-bit lanes per c).
+inline void transpose_lanes(Vec (&r)[16]) {
+  Vec b[16];
+  for (int i = 0; i < 16; ++i) b[i] = r[i];
   for (int c = 0; c < 4; ++c) {
-    const __m512 y0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44);
-    const __m512 y1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
-    const __m512 y2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
-    const __m512 y3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
+    const __m512 y0 = _mm512_shuffle_f32x4(b[c].v, b[4 + c].v, 0x44);
+    const __m512 y1 = _mm512_shuffle_f32x4(b[c].v, b[4 + c].v, 0xEE);
+    const __m512 y2 = _mm512_shuffle_f32x4(b[8 + c].v, b[12 + c].v, 0x44);
+    const __m512 y3 = _mm512_shuffle_f32x4(b[8 + c].v, b[12 + c].v, 0xEE);
     r[c] = _mm512_shuffle_f32x4(y0, y2, 0x88);
     r[4 + c] = _mm512_shuffle_f32x4(y0, y2, 0xDD);
     r[8 + c] = _mm512_shuffle_f32x4(y1, y3, 0x88);

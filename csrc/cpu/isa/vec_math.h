@@ -1,5 +1,6 @@
 // exp and tanh for a SIMD Vec (vec_avx512.h / vec_avx2.h), found by lstm_cell.h through
-// argument-dependent lookup. Include right after the Vec header, in the same namespace.
+// argument-dependent lookup, and a W x W transpose. Include right after the Vec header, in
+// the same namespace.
 
 // exp(x) = 2^n * e^r with n = round(x / ln 2) and |r| <= ln2 / 2; e^r by a degree-6
 // polynomial (the Cephes expf coefficients), ~1 ulp. Inputs are clamped to where float
@@ -38,4 +39,22 @@ inline Vec tanh(Vec x) {
   q = fmadd(q, x2, Vec(4.89352518554385e-03f));
   // Rounding can push p / q a hair past 1 near the clamp: keep |tanh| <= 1.
   return select_small(x, 0.0004f, x, clamp(xc * p / q, -1.0f, 1.0f));
+}
+
+// Transposes the W x W block held in r (r[i] lane j <-> r[j] lane i): 32-bit then 64-bit
+// interleaves give 4 x 4 transposes within each 128-bit lane, then the ISA exchanges lanes.
+inline void transpose(Vec (&r)[Vec::kWidth]) {
+  constexpr int W = Vec::kWidth;
+  Vec a[W];
+  for (int i = 0; i < W; i += 2) {
+    a[i] = unpack_lo32(r[i], r[i + 1]);
+    a[i + 1] = unpack_hi32(r[i], r[i + 1]);
+  }
+  for (int j = 0; j < W; j += 4) {  // r[j + c], lane l: rows j..j+3 of column 4 l + c
+    r[j] = unpack_lo64(a[j], a[j + 2]);
+    r[j + 1] = unpack_hi64(a[j], a[j + 2]);
+    r[j + 2] = unpack_lo64(a[j + 1], a[j + 3]);
+    r[j + 3] = unpack_hi64(a[j + 1], a[j + 3]);
+  }
+  transpose_lanes(r);
 }
