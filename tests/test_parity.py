@@ -106,3 +106,36 @@ def test_parameter_gradients_when_input_needs_none(dtype):
     for (name, a), b in zip(fused.named_parameters(), ref.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
     assert x.grad is None
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("packed", [False, True])
+def test_weight_gradients_summed_in_the_time_loop(threads, packed):
+    """Small layers add dW_ih and dW_hh inside the backward time loop, each thread over its
+    own batch rows in chunks of steps, then sum the threads' parts (isa/weight_grads.h).
+    T = 21 is not a multiple of the chunk; H = 50 ends the gates (4H = 200) inside a vector;
+    3 threads split 19 rows unevenly; packed sequences start some rows from a nonzero h0
+    mid-way in the reverse direction."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    ref, fused = make_pair(torch.float32, input_size=30, hidden_size=50, num_layers=2,
+                           bidirectional=True)
+    T, B = 21, 19
+    x = torch.randn(T, B, 30)
+    if packed:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    rows = x.data.shape[0] if packed else (T, B)
+    hx = (torch.randn(4, B, 50), torch.randn(4, B, 50))
+    weights = [torch.randn(*((rows,) if packed else rows), 100), torch.randn(4, B, 50),
+               torch.randn(4, B, 50)]
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        outs, grads = run(fused, x, hx, weights)
+    finally:
+        torch.set_num_threads(previous)
+    _, grads_ref = run(ref, x, hx, weights)
+    names = ["input", "h0", "c0"] + [n for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, grads, grads_ref):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=lambda m: f"grad {name}: {m}")

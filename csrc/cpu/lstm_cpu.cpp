@@ -175,37 +175,53 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
                                             : at::zeros({n.B, n.H}, opts);
   at::Tensor dgates = cached_empty({n.N, 4 * n.H}, opts);
   const FusedKernels fused = fused_kernels();
-  // Each row's previous h for dW_hh, gathered only for packed input (see weight_gradients).
   const bool fused_path = input.scalar_type() == at::kFloat && fused.backward && !proj;
-  const bool gather = batch_sizes.has_value() || !fused_path;
+  const int threads = at::get_num_threads();
+  // The fused loop computes dW_ih and dW_hh itself where that pays (isa/weight_grads.h),
+  // except in deterministic mode: its sum over threads depends on the thread count.
+  const int64_t dw_floats = fused_path && !at::globalContext().deterministicAlgorithms()
+                                ? fused.weight_grad_floats(n.B, n.I, n.H, threads)
+                                : 0;
+  // Each row's previous h for dW_hh, gathered only for packed input (see weight_gradients).
+  const bool gather = (batch_sizes.has_value() && dw_floats == 0) || !fused_path;
   at::Tensor h_prev = cached_empty({gather ? n.N : 0, n.P}, opts);
   at::Tensor dh_all = at::empty({proj ? n.N : 0, n.P}, opts);
   at::Tensor h_raw = at::empty({proj ? n.N : 0, n.H}, opts);
   at::Tensor dh_raw = at::empty({proj ? n.B : 0, n.H}, opts);
   at::Tensor grad_input = cached_empty(input_grad ? input.sizes() : at::IntArrayRef{0}, opts);
-  // The weight-gradient GEMMs overwrite these (beta = 0; gemm zero-fills when k = 0).
+  // The weight-gradient GEMMs (or the fused loop) overwrite these (beta = 0; gemm
+  // zero-fills when k = 0).
   at::Tensor grad_w_ih = cached_empty({4 * n.H, n.I}, opts);
   at::Tensor grad_w_hh = cached_empty({4 * n.H, n.P}, opts);
   at::Tensor grad_w_hr = cached_empty({proj ? n.P : 0, n.H}, opts);
 
   if (fused_path) {
     at::Tensor panels = cached_empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
-    const int threads = at::get_num_threads();
     fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
     at::Tensor partial = at::empty({threads * n.B * 64}, opts);
+    at::Tensor dw_scratch = at::empty({dw_floats}, opts);
     at::Tensor dbias = at::zeros({n.B, 4 * n.H}, opts);
     const FusedBackwardArgs args{
-        n.T, n.B, n.H, n.offsets.data(), reverse, h0.data_ptr<float>(), c0.data_ptr<float>(),
-        output.data_ptr<float>(), gates.data_ptr<float>(), cell.data_ptr<float>(),
-        ptr_or_null<float>(dy), dgates.data_ptr<float>(), grad_h0.data_ptr<float>(),
-        grad_c0.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
-        dbias.data_ptr<float>(), partial.data_ptr<float>(), threads};
+        n.T, n.B, n.I, n.H, n.offsets.data(), reverse, h0.data_ptr<float>(),
+        c0.data_ptr<float>(), output.data_ptr<float>(), gates.data_ptr<float>(),
+        cell.data_ptr<float>(), ptr_or_null<float>(dy), dgates.data_ptr<float>(),
+        grad_h0.data_ptr<float>(), grad_c0.data_ptr<float>(),
+        gather ? h_prev.data_ptr<float>() : nullptr, dbias.data_ptr<float>(),
+        partial.data_ptr<float>(), threads, input.data_ptr<float>(),
+        dw_floats > 0 ? dw_scratch.data_ptr<float>() : nullptr, grad_w_ih.data_ptr<float>(),
+        grad_w_hh.data_ptr<float>()};
     fused.backward(args, panels.data_ptr<float>());
-    weight_gradients<float>(n, dgates.data_ptr<float>(), gather ? h_prev.data_ptr<float>() : nullptr,
-                            input.data_ptr<float>(), w_ih.data_ptr<float>(),
-                            input_grad ? grad_input.data_ptr<float>() : nullptr,
-                            grad_w_ih.data_ptr<float>(), grad_w_hh.data_ptr<float>(),
-                            output.data_ptr<float>(), h0.data_ptr<float>(), reverse);
+    if (dw_floats == 0) {
+      weight_gradients<float>(n, dgates.data_ptr<float>(),
+                              gather ? h_prev.data_ptr<float>() : nullptr,
+                              input.data_ptr<float>(), w_ih.data_ptr<float>(),
+                              input_grad ? grad_input.data_ptr<float>() : nullptr,
+                              grad_w_ih.data_ptr<float>(), grad_w_hh.data_ptr<float>(),
+                              output.data_ptr<float>(), h0.data_ptr<float>(), reverse);
+    } else if (input_grad) {
+      input_gradient<float>(n, dgates.data_ptr<float>(), w_ih.data_ptr<float>(),
+                            grad_input.data_ptr<float>());
+    }
     return {grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, dbias.sum(0)};
   }
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "lstm_layer_backward", [&] {

@@ -56,6 +56,12 @@ inline int64_t rows_per_task(int64_t H) {
   return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
 }
 
+// dx = dgates @ W_ih, one GEMM over all N rows.
+template <typename T>
+void input_gradient(const LayerSizes& n, const T* dgates, const T* w_ih, T* dx) {
+  gemm<T>(false, false, n.N, n.I, 4 * n.H, dgates, 4 * n.H, w_ih, n.I, T(0), dx, n.I);
+}
+
 // After the time loop: dW_hh = dgates^T @ h_prev, dW_ih = dgates^T @ x, dx = dgates @ W_ih,
 // one GEMM each over all N rows. `h_prev` holds each row's previous h; without it (every
 // sequence full length) the previous h of a row is the output one step earlier, or h0 on
@@ -75,7 +81,7 @@ void weight_gradients(const LayerSizes& n, const T* dgates, const T* h_prev, con
             n.P);
   }
   gemm<T>(true, false, G, n.I, n.N, dgates, G, x, n.I, T(0), dw_ih, n.I);
-  if (dx) gemm<T>(false, false, n.N, n.I, G, dgates, G, w_ih, n.I, T(0), dx, n.I);
+  if (dx) input_gradient(n, dgates, w_ih, dx);
 }
 
 template <typename T>

@@ -103,7 +103,8 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
 void fused_backward(const FusedBackwardArgs& a, const float* panels) {
   const int64_t blocks = (a.H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
   const int nt = a.num_threads;
-  const bool split_rows = blocks < nt || (blocks < 4 * nt && a.B >= 2 * kTileRows * nt);
+  const bool split_rows = backward_splits_rows(a.B, a.H, nt);
+  const bool fuse_dw = split_rows && a.dw_scratch;  // see weight_grads.h
   SpinBarrier barrier;
 #pragma omp parallel num_threads(nt)
   {
@@ -115,17 +116,28 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
     const int64_t lo = imin(a.B, tid * per_row), hi = imin(a.B, lo + per_row);
     const int64_t per_block = (blocks + threads - 1) / threads;
     const int64_t c_lo = imin(blocks, tid * per_block), c_hi = imin(blocks, c_lo + per_block);
+    const int64_t dw_floats = (a.I + a.H) * 4 * a.H;
+    float* dwt = fuse_dw ? a.dw_scratch + tid * dw_floats : nullptr;
+    for (int64_t i = 0; fuse_dw && i < dw_floats; ++i) dwt[i] = 0.0f;
+    DwChunk chunk;
     for (int64_t s = a.T - 1; s >= 0; --s) {
       const int64_t t = a.reverse ? a.T - 1 - s : s;
       const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
       cell_rows_backward(a, s, lo, hi);
       if (split_rows) {
+        if (fuse_dw) accumulate_weight_grads(a, s, lo, hi, chunk, dwt);
         dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks, s & 1, partial);
       } else {
         barrier.wait();
         dh_rows(a, panels, row, 0, n, c_lo, c_hi, s & 1, partial);
         barrier.wait();
       }
+    }
+    if (fuse_dw) {
+      barrier.wait();
+      const int64_t per_g = (4 * a.H + threads - 1) / threads;
+      const int64_t g_lo = imin(4 * a.H, tid * per_g);
+      reduce_weight_grads(a, static_cast<int>(threads), g_lo, imin(4 * a.H, g_lo + per_g));
     }
   }
 }

@@ -19,6 +19,7 @@ namespace fused_lstm::cpu::avx2 {
 #include "tile.h"
 #include "spin_barrier.h"
 #include "fused_forward.h"
+#include "weight_grads.h"
 #include "fused_backward.h"
 #include "fma_peak.h"
 
@@ -28,7 +29,7 @@ CellKernels<float> cell_kernels() {
 
 FusedKernels fused_kernels() {
   return {&panel_floats, &pack_panels, &fused_forward, &column_panel_floats, &pack_columns,
-          &fused_backward, &fma_peak_gflops};
+          &fused_backward, &weight_grad_floats, &fma_peak_gflops};
 }
 
 }  // namespace fused_lstm::cpu::avx2

@@ -38,7 +38,7 @@ struct FusedForwardArgs {
 
 // One layer's backward time loop, fused (isa/fused_backward.h); float32, no projection.
 struct FusedBackwardArgs {
-  int64_t T, B, H;
+  int64_t T, B, I, H;
   const int64_t* offsets;
   bool reverse;
   const float *h0, *c0, *y, *gates, *cell;  // the forward's inputs and saved state
@@ -51,6 +51,10 @@ struct FusedBackwardArgs {
   float* dbias;
   float* partial;  // scratch, num_threads * B * 64 floats
   int num_threads;
+  // With dw_scratch (weight_grad_floats of it), the loop also computes dw_ih [4H, I] and
+  // dw_hh [4H, H] from x [N, I] (isa/weight_grads.h); null: the caller does.
+  const float* x;
+  float *dw_scratch, *dw_ih, *dw_hh;
 };
 
 struct FusedKernels {
@@ -61,6 +65,8 @@ struct FusedKernels {
   int64_t (*column_panel_floats)(int64_t K, int64_t N);
   void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);
   void (*backward)(const FusedBackwardArgs& args, const float* panels);
+  // Scratch floats for the backward to compute the weight gradients itself; 0: it cannot.
+  int64_t (*weight_grad_floats)(int64_t B, int64_t I, int64_t H, int threads);
   // Measured fp32 FMA GFLOP/s of this ISA on num_threads threads.
   double (*fma_peak_gflops)(int num_threads);
 };

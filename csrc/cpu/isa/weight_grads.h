@@ -1,0 +1,164 @@
+// dW_ih and dW_hh inside the backward time loop, for small layers (include after tile.h).
+//
+// When the backward splits the batch rows over the threads (fused_backward.h), each thread
+// adds, per step, its rows' contribution dgates[t]^T @ [x_t | h_prev] to its own dW^T
+// (I + H rows of 4H gates), while those dgates rows are still in L1. At the seed's stacked
+// shape the alternative, three library GEMMs over all rows after the loop (dW_ih and dW_hh,
+// M = 200, N = 50, K = 1600), took 47% of the backward's samples at ~190 GFLOP/s.
+// After the loop the threads' dW^T are summed and transposed into dW_ih and dW_hh. The sum
+// over threads depends on how rows are split: the binding keeps the library GEMMs when
+// torch.use_deterministic_algorithms is on.
+
+// Whether the backward of this layer runs on split rows (no barrier; see fused_backward).
+inline bool backward_splits_rows(int64_t B, int64_t H, int threads) {
+  const int64_t blocks = (H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
+  return blocks < threads || (blocks < 4 * threads && B >= 2 * kTileRows * threads);
+}
+
+// Floats of scratch the fused weight gradients need (one dW^T per thread), or 0 where they
+// do not pay: rows not split, or a dW^T so large that its trips through L2 cost more than
+// the library GEMMs' fixed costs (backward op at B = 64, T = 100: I = H = 32 and 64, 8% and
+// 11% faster; I = H = 128, a 512 KB dW^T, even; I = 64, H = 200, 845 KB, 12% slower).
+int64_t weight_grad_floats(int64_t B, int64_t I, int64_t H, int threads) {
+  const int64_t floats = (I + H) * 4 * H;
+  const bool fits = floats * int64_t{sizeof(float)} <= kL2Bytes / 8;
+  // 4H >= W: the last vector of a gate panel is loaded ending at the last gate (dw_tile).
+  const bool wide = 4 * H >= Vec::kWidth;
+  return backward_splits_rows(B, H, threads) && fits && wide ? threads * floats : 0;
+}
+
+// Rows of one step that add src^T @ dgates to dW^T: `rows` rows of `src` (stride ld) and
+// of dgates (stride 4H).
+struct DwRows {
+  const float* src;
+  int64_t ld, rows;
+  const float* dg;
+};
+
+// The steps a thread adds to dW^T in one pass: enough rows per tile to pay for loading and
+// storing its accumulators (one step of a thread's rows is 16 at the seed's shape).
+constexpr int kDwSteps = 8;
+
+// A thread's pending rows: x rows, and h_prev rows (the previous output for the rows that
+// continue, h0 for the others: up to two ranges per step).
+struct DwChunk {
+  DwRows x[kDwSteps], h[2 * kDwSteps];
+  int nx = 0, nh = 0;
+};
+
+// dW^T rows [c0, c0 + R) (row stride G) by gate vectors [g0, g0 + NV W) += sum over the
+// chunk's rows of src[c0 + r] * dg[g0 + v W], the register tile of the forward with the
+// rows as its K. When the gates end inside the last vector, that vector is taken `shift`
+// floats early, so that it ends with them, and `keep` (1 in lanes >= shift, else 0) zeroes
+// the lanes its neighbour already added. No masked load or store: with one GCC keeps the
+// accumulators in memory (as with _mm_prefetch, tile.h).
+// Each chunk's sum starts from zero and is then added to dW^T: rounding grows like
+// rows per chunk + chunks, not their product (one chain over all rows gave 4x nn.LSTM's
+// error at T = 30, B = 64).
+template <int R, int NV>
+LSTM_TILE_INLINE void dw_tile(const DwRows* segs, int count, int64_t c0, int64_t g0, int64_t G,
+                              int64_t shift, Vec keep, float* dwt) {
+  constexpr int W = Vec::kWidth;
+  Vec acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
+  for (int i = 0; i < count; ++i) {
+    const float* src = segs[i].src + c0;
+    const float* dg = segs[i].dg + g0;
+    for (int64_t b = 0; b < segs[i].rows; ++b, src += segs[i].ld, dg += G) {
+      Vec wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = Vec::load(dg + v * W - (v == NV - 1 ? shift : 0));
+      for (int r = 0; r < R; ++r) {
+        const Vec x(src[r]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(x, wv[v], acc[r][v]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      float* p = dwt + (c0 + r) * G + g0 + v * W - (v == NV - 1 ? shift : 0);
+      (fmadd(acc[r][v], v == NV - 1 ? keep : Vec(1.0f), Vec::load(p))).store(p);
+    }
+  }
+}
+
+// dW^T rows [0, cols), gate vectors [g0, g0 + NV W) += the rows' src^T @ dgates. Out of
+// line, so that the tests can find its loops in the library (test_isa.py).
+template <int NV>
+__attribute__((noinline)) void dw_columns(const DwRows* segs, int count, int64_t cols, int64_t g0, int64_t G,
+                int64_t shift, Vec keep, float* dwt) {
+  for (int64_t c0 = 0; c0 < cols; c0 += kTileRows) {
+    with_rows(imin(kTileRows, cols - c0), [&]<int R>() {
+      dw_tile<R, NV>(segs, count, c0, g0, G, shift, keep, dwt);
+    });
+  }
+}
+
+// The thread's dW^T += its pending rows: dgates^T @ x into rows [0, I), dgates^T @ h_prev
+// into rows [I, I + H); then the chunk is empty.
+void flush_weight_grads(const FusedBackwardArgs& a, DwChunk& chunk, float* dwt) {
+  constexpr int64_t W = Vec::kWidth;
+  const int64_t G = 4 * a.H;
+  for (int64_t g0 = 0; g0 < G; g0 += 4 * W) {
+    const int nv = static_cast<int>((imin(4 * W, G - g0) + W - 1) / W);
+    const int64_t shift = g0 + nv * W - imin(G, g0 + 4 * W);
+    float keep[W];
+    for (int64_t u = 0; u < W; ++u) keep[u] = u >= shift ? 1.0f : 0.0f;
+    const Vec k = Vec::load(keep);
+    float* dwt_h = dwt + a.I * G;
+    switch (nv) {
+      case 1:
+        dw_columns<1>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
+        dw_columns<1>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
+        break;
+      case 2:
+        dw_columns<2>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
+        dw_columns<2>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
+        break;
+      case 3:
+        dw_columns<3>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
+        dw_columns<3>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
+        break;
+      default:
+        dw_columns<4>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
+        dw_columns<4>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
+        break;
+    }
+  }
+  chunk.nx = chunk.nh = 0;
+}
+
+// Adds a thread's rows [lo, hi) of step s to its chunk, flushing it into dW^T when it holds
+// kDwSteps steps or this is the last step.
+void accumulate_weight_grads(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi,
+                             DwChunk& chunk, float* dwt) {
+  const int64_t H = a.H, I = a.I, G = 4 * H;
+  const int64_t t = a.reverse ? a.T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
+  const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
+  const int64_t n_cont = s == 0 ? 0 : imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev]);
+  const int64_t row_prev = s == 0 ? 0 : a.offsets[t_prev];
+  hi = imin(hi, n);
+  const int64_t mid = imin(hi, n_cont > lo ? n_cont : lo);  // rows [lo, mid) continue
+  const float* dg = a.dgates + row * G;
+  if (hi > lo) chunk.x[chunk.nx++] = {a.x + (row + lo) * I, I, hi - lo, dg + lo * G};
+  if (mid > lo) chunk.h[chunk.nh++] = {a.y + (row_prev + lo) * H, H, mid - lo, dg + lo * G};
+  if (hi > mid) chunk.h[chunk.nh++] = {a.h0 + mid * H, H, hi - mid, dg + mid * G};
+  if (chunk.nx == kDwSteps || s == 0) flush_weight_grads(a, chunk, dwt);
+}
+
+// dw_ih[g][c] and dw_hh[g][c] from the threads' dW^T, summed in thread order; gate rows
+// [g_lo, g_hi) (each thread takes its share after the loop).
+void reduce_weight_grads(const FusedBackwardArgs& a, int threads, int64_t g_lo, int64_t g_hi) {
+  const int64_t I = a.I, H = a.H, G = 4 * H, stride = (I + H) * G;
+  for (int64_t g = g_lo; g < g_hi; ++g) {
+    for (int64_t c = 0; c < I + H; ++c) {
+      float sum = 0.0f;
+      for (int tid = 0; tid < threads; ++tid) sum += a.dw_scratch[tid * stride + c * G + g];
+      if (c < I) {
+        a.dw_ih[g * I + c] = sum;
+      } else {
+        a.dw_hh[g * H + c - I] = sum;
+      }
+    }
+  }
+}
