@@ -225,8 +225,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, fused_lstm backend {fused_lstm.backend()}, CPU ISA "
           f"{fused_lstm.cpu_isa()}, {threads} threads, float32")
     if args.device == "cpu":
-        print("GEMMs: fused register-tiled kernels for the recurrent steps (forward and backward); "
-              "torch's BLAS (MKL) for the hoisted input projection and the weight gradients")
+        print("GEMMs: fused register-tiled kernels for the recurrent steps (forward and backward) "
+              "and for small layers' weight gradients; torch's BLAS (MKL) for the hoisted input "
+              "projection, dx and larger layers' weight gradients")
     else:
         print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
               "kernels, against cuDNN nn.LSTM")
