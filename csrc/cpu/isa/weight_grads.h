@@ -87,8 +87,9 @@ LSTM_TILE_INLINE void dw_tile(const DwRows* segs, int count, int64_t c0, int64_t
 // dW^T rows [0, cols), gate vectors [g0, g0 + NV W) += the rows' src^T @ dgates. Out of
 // line, so that the tests can find its loops in the library (test_isa.py).
 template <int NV>
-__attribute__((noinline)) void dw_columns(const DwRows* segs, int count, int64_t cols, int64_t g0, int64_t G,
-                int64_t shift, Vec keep, float* dwt) {
+__attribute__((noinline)) void dw_columns(const DwRows* segs, int count, int64_t cols,
+                                          int64_t g0, int64_t G, int64_t shift, Vec keep,
+                                          float* dwt) {
   for (int64_t c0 = 0; c0 < cols; c0 += kTileRows) {
     with_rows(imin(kTileRows, cols - c0), [&]<int R>() {
       dw_tile<R, NV>(segs, count, c0, g0, G, shift, keep, dwt);
@@ -96,8 +97,17 @@ __attribute__((noinline)) void dw_columns(const DwRows* segs, int count, int64_t
   }
 }
 
-// The thread's dW^T += its pending rows: dgates^T @ x into rows [0, I), dgates^T @ h_prev
-// into rows [I, I + H); then the chunk is empty.
+// One panel of NV gate vectors from g0: dgates^T @ x into dW^T rows [0, I), dgates^T @ h_prev
+// into rows [I, I + H).
+template <int NV>
+void dw_panel(const FusedBackwardArgs& a, const DwChunk& chunk, int64_t g0, int64_t shift,
+              Vec keep, float* dwt) {
+  const int64_t G = 4 * a.H;
+  dw_columns<NV>(chunk.x, chunk.nx, a.I, g0, G, shift, keep, dwt);
+  dw_columns<NV>(chunk.h, chunk.nh, a.H, g0, G, shift, keep, dwt + a.I * G);
+}
+
+// The thread's dW^T += its pending rows; then the chunk is empty.
 void flush_weight_grads(const FusedBackwardArgs& a, DwChunk& chunk, float* dwt) {
   constexpr int64_t W = Vec::kWidth;
   const int64_t G = 4 * a.H;
@@ -107,24 +117,11 @@ void flush_weight_grads(const FusedBackwardArgs& a, DwChunk& chunk, float* dwt) 
     float keep[W];
     for (int64_t u = 0; u < W; ++u) keep[u] = u >= shift ? 1.0f : 0.0f;
     const Vec k = Vec::load(keep);
-    float* dwt_h = dwt + a.I * G;
     switch (nv) {
-      case 1:
-        dw_columns<1>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
-        dw_columns<1>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
-        break;
-      case 2:
-        dw_columns<2>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
-        dw_columns<2>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
-        break;
-      case 3:
-        dw_columns<3>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
-        dw_columns<3>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
-        break;
-      default:
-        dw_columns<4>(chunk.x, chunk.nx, a.I, g0, G, shift, k, dwt);
-        dw_columns<4>(chunk.h, chunk.nh, a.H, g0, G, shift, k, dwt_h);
-        break;
+      case 1: dw_panel<1>(a, chunk, g0, shift, k, dwt); break;
+      case 2: dw_panel<2>(a, chunk, g0, shift, k, dwt); break;
+      case 3: dw_panel<3>(a, chunk, g0, shift, k, dwt); break;
+      default: dw_panel<4>(a, chunk, g0, shift, k, dwt); break;
     }
   }
   chunk.nx = chunk.nh = 0;
