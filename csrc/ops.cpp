@@ -116,6 +116,11 @@ LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
   return n;
 }
 
+at::Tensor state_grad(const std::optional<at::Tensor>& grad_n, int64_t B, int64_t features,
+                      const at::TensorOptions& opts) {
+  return grad_n.has_value() ? grad_n->contiguous().clone() : at::zeros({B, features}, opts);
+}
+
 TORCH_LIBRARY(fused_lstm, m) {
   // One layer, one direction. `input` is [T, B, I], or packed [N, I] with `batch_sizes`
   // (PackedSequence's layout: time-major, step t holds its batch_sizes[t] longest

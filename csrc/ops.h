@@ -56,4 +56,9 @@ LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
                           const at::Tensor& output, const at::Tensor& gates,
                           const at::Tensor& cell);
 
+// The running state gradient of a backward: a fresh contiguous copy of dL/dh_n or dL/dc_n
+// ([B, features]), zeros when absent; the time loop turns it into dL/dh0, dL/dc0 in place.
+at::Tensor state_grad(const std::optional<at::Tensor>& grad_n, int64_t B, int64_t features,
+                      const at::TensorOptions& opts);
+
 }  // namespace fused_lstm

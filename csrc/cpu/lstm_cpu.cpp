@@ -169,10 +169,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   const bool proj = w_hr.defined();
 
   // dh / dc start as dL/dh_n, dL/dc_n and end as dL/dh0, dL/dc0.
-  at::Tensor grad_h0 = grad_h_n.has_value() ? grad_h_n->contiguous().clone()
-                                            : at::zeros({n.B, n.P}, opts);
-  at::Tensor grad_c0 = grad_c_n.has_value() ? grad_c_n->contiguous().clone()
-                                            : at::zeros({n.B, n.H}, opts);
+  at::Tensor grad_h0 = state_grad(grad_h_n, n.B, n.P, opts);
+  at::Tensor grad_c0 = state_grad(grad_c_n, n.B, n.H, opts);
   at::Tensor dgates = cached_empty({n.N, 4 * n.H}, opts);
   const FusedKernels fused = fused_kernels();
   const bool fused_path = input.scalar_type() == at::kFloat && fused.backward && !proj;

@@ -87,8 +87,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   const at::Tensor h0 = h0_.contiguous(), c0 = c0_.contiguous();
   const at::Tensor dy = grad_output.has_value() ? grad_output->reshape({n.N, n.P}).contiguous()
                                                 : at::Tensor();
-  at::Tensor dh = grad_h_n.has_value() ? grad_h_n->contiguous().clone() : at::zeros({n.B, n.P}, opts);
-  at::Tensor dc = grad_c_n.has_value() ? grad_c_n->contiguous().clone() : at::zeros({n.B, n.H}, opts);
+  at::Tensor dh = state_grad(grad_h_n, n.B, n.P, opts);  // dL/dh_n in, dL/dh0 out
+  at::Tensor dc = state_grad(grad_c_n, n.B, n.H, opts);
   at::Tensor dgates = at::empty({n.N, 4 * n.H}, opts);
   at::Tensor h_prev = at::empty({n.N, n.P}, opts);  // each row's previous h, for dW_hh
   at::Tensor dh_all = at::empty({proj ? n.N : 0, n.P}, opts);
