@@ -125,14 +125,13 @@ def test_weight_gradients_summed_in_the_time_loop(threads, packed):
         lengths = torch.randint(1, T + 1, (B,))
         lengths[0] = T
         x = pack_padded_sequence(x, lengths, enforce_sorted=False)
-    rows = x.data.shape[0] if packed else (T, B)
+    rows = (x.data.shape[0],) if packed else (T, B)
     hx = (torch.randn(4, B, 50), torch.randn(4, B, 50))
-    weights = [torch.randn(*((rows,) if packed else rows), 100), torch.randn(4, B, 50),
-               torch.randn(4, B, 50)]
+    weights = [torch.randn(*rows, 100), torch.randn(4, B, 50), torch.randn(4, B, 50)]
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        outs, grads = run(fused, x, hx, weights)
+        _, grads = run(fused, x, hx, weights)
     finally:
         torch.set_num_threads(previous)
     _, grads_ref = run(ref, x, hx, weights)
