@@ -75,11 +75,7 @@ void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
 // row of a.dbias.
 void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi) {
   const int64_t H = a.H, G = 4 * H;
-  const int64_t t = a.reverse ? a.T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
-  const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
-  // Rows below n_cont continued from the previous step; the others started from h0/c0.
-  const int64_t n_cont = s == 0 ? 0 : imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev]);
-  const int64_t row_prev = s == 0 ? 0 : a.offsets[t_prev];
+  const auto [row, n, row_prev, n_cont] = step_rows(a, s);
   for (int64_t b = lo; b < imin(hi, n); ++b) {
     const bool cont = b < n_cont;
     const float* c_prev = cont ? a.cell + (row_prev + b) * H : a.c0 + b * H;
@@ -121,15 +117,14 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
     for (int64_t i = 0; fuse_dw && i < dw_floats; ++i) dwt[i] = 0.0f;
     DwChunk chunk;
     for (int64_t s = a.T - 1; s >= 0; --s) {
-      const int64_t t = a.reverse ? a.T - 1 - s : s;
-      const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
+      const StepRows step = step_rows(a, s);
       cell_rows_backward(a, s, lo, hi);
       if (split_rows) {
         if (fuse_dw) accumulate_weight_grads(a, s, lo, hi, chunk, dwt);
-        dh_rows(a, panels, row, lo, imin(hi, n), 0, blocks, s & 1, partial);
+        dh_rows(a, panels, step.row, lo, imin(hi, step.n), 0, blocks, s & 1, partial);
       } else {
         barrier.wait();
-        dh_rows(a, panels, row, 0, n, c_lo, c_hi, s & 1, partial);
+        dh_rows(a, panels, step.row, 0, step.n, c_lo, c_hi, s & 1, partial);
         barrier.wait();
       }
     }

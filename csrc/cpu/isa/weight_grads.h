@@ -9,6 +9,21 @@
 // over threads depends on how rows are split: the binding keeps the library GEMMs when
 // torch.use_deterministic_algorithms is on.
 
+// The rows of backward step s (processing order, as the forward ran it): rows [row, row + n)
+// of the layer; the first n_cont of them continued from the previous step's rows starting at
+// row_prev, the others started from h0/c0 (only in the reverse direction of a packed batch,
+// or at the first step). Used here and by fused_backward.h.
+struct StepRows {
+  int64_t row, n, row_prev, n_cont;
+};
+
+inline StepRows step_rows(const FusedBackwardArgs& a, int64_t s) {
+  const int64_t t = a.reverse ? a.T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
+  const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
+  if (s == 0) return {row, n, 0, 0};
+  return {row, n, a.offsets[t_prev], imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev])};
+}
+
 // Whether the backward of this layer runs on split rows (no barrier; see fused_backward).
 inline bool backward_splits_rows(int64_t B, int64_t H, int threads) {
   const int64_t blocks = (H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
@@ -132,15 +147,14 @@ void flush_weight_grads(const FusedBackwardArgs& a, DwChunk& chunk, float* dwt) 
 void accumulate_weight_grads(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi,
                              DwChunk& chunk, float* dwt) {
   const int64_t H = a.H, I = a.I, G = 4 * H;
-  const int64_t t = a.reverse ? a.T - 1 - s : s, t_prev = a.reverse ? t + 1 : t - 1;
-  const int64_t row = a.offsets[t], n = a.offsets[t + 1] - row;
-  const int64_t n_cont = s == 0 ? 0 : imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev]);
-  const int64_t row_prev = s == 0 ? 0 : a.offsets[t_prev];
-  hi = imin(hi, n);
-  const int64_t mid = imin(hi, n_cont > lo ? n_cont : lo);  // rows [lo, mid) continue
-  const float* dg = a.dgates + row * G;
-  if (hi > lo) chunk.x[chunk.nx++] = {a.x + (row + lo) * I, I, hi - lo, dg + lo * G};
-  if (mid > lo) chunk.h[chunk.nh++] = {a.y + (row_prev + lo) * H, H, mid - lo, dg + lo * G};
+  const StepRows step = step_rows(a, s);
+  hi = imin(hi, step.n);
+  const int64_t mid = imin(hi, step.n_cont > lo ? step.n_cont : lo);  // rows [lo, mid) continue
+  const float* dg = a.dgates + step.row * G;
+  if (hi > lo) chunk.x[chunk.nx++] = {a.x + (step.row + lo) * I, I, hi - lo, dg + lo * G};
+  if (mid > lo) {
+    chunk.h[chunk.nh++] = {a.y + (step.row_prev + lo) * H, H, mid - lo, dg + lo * G};
+  }
   if (hi > mid) chunk.h[chunk.nh++] = {a.h0 + mid * H, H, hi - mid, dg + mid * G};
   if (chunk.nx == kDwSteps || s == 0) flush_weight_grads(a, chunk, dwt);
 }
