@@ -6,6 +6,7 @@
 
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -60,5 +61,15 @@ LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
 // ([B, features]), zeros when absent; the time loop turns it into dL/dh0, dL/dc0 in place.
 at::Tensor state_grad(const std::optional<at::Tensor>& grad_n, int64_t B, int64_t features,
                       const at::TensorOptions& opts);
+
+// Rows per GEMM when a weight gradient is summed over rows (dW = dgates^T @ h over N rows).
+// BLAS sums a GEMM's k terms in one chain (up to its own k block of a few hundred), which for
+// a few hundred rows gives 2-3x the rounding error of nn.LSTM's per-step sums. Small
+// gradients are therefore summed in blocks of 32 rows (a chain of at most 32 + N / 32 terms);
+// large ones in one GEMM, where the extra passes over dW would cost more than they are worth.
+inline int64_t grad_row_block(int64_t rows, int64_t grad_bytes) {
+  constexpr int64_t kGradRowBlock = 32, kSmallGradBytes = int64_t{256} << 10;
+  return grad_bytes <= kSmallGradBytes ? kGradRowBlock : std::max<int64_t>(rows, 1);
+}
 
 }  // namespace fused_lstm

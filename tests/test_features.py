@@ -112,6 +112,31 @@ def test_half_precision_error_bound(dtype):
         assert err <= 2 * base_err + ulp, f"tensor {k}: error {err:.3g}, nn.LSTM's {base_err:.3g}"
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_projection_float32_error_bound(seed):
+    """With a projection nn.LSTM takes ATen's per-step path, whose weight gradients are sums
+    of short per-step GEMMs. FusedLSTM's error is at most 2x nn.LSTM's here too (plus one
+    ulp): one GEMM over all 240 rows gave 2-4x on W_hh and W_hr, hence the row blocks of
+    ops.h's grad_row_block."""
+    torch.manual_seed(seed)
+    kwargs = dict(input_size=24, hidden_size=32, num_layers=2, bidirectional=True, proj_size=8)
+    ref, fused = make_pair(torch.float32, **kwargs)
+    exact, _ = make_pair(torch.float64, **kwargs)
+    exact.load_state_dict(ref.state_dict())
+    x = torch.randn(30, 8, 24)
+    hx = (torch.randn(4, 8, 8), torch.randn(4, 8, 32))
+    weights = [torch.randn(30, 8, 16), torch.randn(4, 8, 8), torch.randn(4, 8, 32)]
+    want = run(exact, x.double(), tuple(s.double() for s in hx), [w.double() for w in weights])
+    base, got = run(ref, x, hx, weights), run(fused, x, hx, weights)
+    names = ["output", "h_n", "c_n", "grad input", "grad h0", "grad c0"] + [
+        f"grad {n}" for n, _ in ref.named_parameters()]
+    flat = lambda r: r[0] + r[1]
+    for name, w, b, g in zip(names, flat(want), flat(base), flat(got)):
+        ulp = torch.finfo(torch.float32).eps * w.abs().max().item()
+        err, base_err = (g.double() - w).abs().max().item(), (b.double() - w).abs().max().item()
+        assert err <= 2 * base_err + ulp, f"{name}: error {err:.3g}, nn.LSTM's {base_err:.3g}"
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_gradcheck_module_projection(packed):
     fused = FusedLSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64)

@@ -62,25 +62,34 @@ void input_gradient(const LayerSizes& n, const T* dgates, const T* w_ih, T* dx) 
   gemm<T>(false, false, n.N, n.I, 4 * n.H, dgates, 4 * n.H, w_ih, n.I, T(0), dx, n.I);
 }
 
-// After the time loop: dW_hh = dgates^T @ h_prev, dW_ih = dgates^T @ x, dx = dgates @ W_ih,
-// one GEMM each over all N rows. `h_prev` holds each row's previous h; without it (every
-// sequence full length) the previous h of a row is the output one step earlier, or h0 on
-// the first step, and dW_hh takes one GEMM over the shifted output plus one over h0 (the
-// shifted rows need no copy).
+// dW [m, n] = A^T @ B (+ beta dW) over k rows of A [k, m] and B [k, n], in blocks of
+// grad_row_block rows (ops.h) for its rounding error.
+template <typename T>
+void weight_grad_gemm(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T beta, T* dw) {
+  const int64_t block = grad_row_block(k, m * n * static_cast<int64_t>(sizeof(T)));
+  for (int64_t k0 = 0; k0 == 0 || k0 < k; k0 += block) {
+    gemm<T>(true, false, m, n, std::min(block, k - k0), a + k0 * m, m, b + k0 * n, n,
+            k0 == 0 ? beta : T(1), dw, n);
+  }
+}
+
+// After the time loop: dW_hh = dgates^T @ h_prev, dW_ih = dgates^T @ x (over all N rows,
+// see weight_grad_gemm), dx = dgates @ W_ih. `h_prev` holds each row's previous h; without it
+// (every sequence full length) the previous h of a row is the output one step earlier, or h0
+// on the first step, and dW_hh sums the shifted output plus h0 (the shifted rows need no copy).
 template <typename T>
 void weight_gradients(const LayerSizes& n, const T* dgates, const T* h_prev, const T* x,
                       const T* w_ih, T* dx, T* dw_ih, T* dw_hh, const T* y, const T* h0,
                       bool reverse) {
   const int64_t G = 4 * n.H, B = n.B, rest = n.N - B;
   if (h_prev) {
-    gemm<T>(true, false, G, n.P, n.N, dgates, G, h_prev, n.P, T(0), dw_hh, n.P);
+    weight_grad_gemm<T>(G, n.P, n.N, dgates, h_prev, T(0), dw_hh);
   } else {  // forward: rows [B, N) follow y rows [0, N - B); reverse: rows [0, N - B), y [B, N)
-    gemm<T>(true, false, G, n.P, rest, dgates + (reverse ? 0 : B * G), G, y + (reverse ? B * n.P : 0),
-            n.P, T(0), dw_hh, n.P);
-    gemm<T>(true, false, G, n.P, B, dgates + (reverse ? rest * G : 0), G, h0, n.P, T(1), dw_hh,
-            n.P);
+    weight_grad_gemm<T>(G, n.P, rest, dgates + (reverse ? 0 : B * G), y + (reverse ? B * n.P : 0),
+                        T(0), dw_hh);
+    weight_grad_gemm<T>(G, n.P, B, dgates + (reverse ? rest * G : 0), h0, T(1), dw_hh);
   }
-  gemm<T>(true, false, G, n.I, n.N, dgates, G, x, n.I, T(0), dw_ih, n.I);
+  weight_grad_gemm<T>(G, n.I, n.N, dgates, x, T(0), dw_ih);
   if (dx) input_gradient(n, dgates, w_ih, dx);
 }
 
@@ -161,15 +170,14 @@ class BackwardPass {
   // Fills dx [N, I] (unless null), dw_ih [4H, I], dw_hh [4H, P], dw_hr [P, H] (with a
   // projection).
   void Run(T* dx, T* dw_ih, T* dw_hh, T* dw_hr) {
-    const int64_t N = p_.offset(p_.T_), G = 4 * p_.H;
+    const int64_t N = p_.offset(p_.T_);
     for (int64_t s = p_.T_ - 1; s >= 0; --s) {
       Iterate(s);
     }
     weight_gradients<T>({p_.T_, p_.B, N, p_.I, p_.H, p_.P, {}}, buf_.dgates, buf_.h_prev, p_.x,
                         p_.w_ih, dx, dw_ih, dw_hh, y_, h0_, p_.reverse);
     if (p_.w_hr) {
-      gemm<T>(true, false, p_.P, p_.H, N, buf_.dh_all, p_.P, buf_.h_raw, p_.H, T(0), dw_hr,
-              p_.H);
+      weight_grad_gemm<T>(p_.P, p_.H, N, buf_.dh_all, buf_.h_raw, T(0), dw_hr);
     }
   }
 

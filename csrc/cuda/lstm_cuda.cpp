@@ -5,6 +5,7 @@
 // batch, and sequences that have ended keep their state in the running buffers.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
@@ -18,6 +19,26 @@ namespace {
 
 at::Tensor rows(const at::Tensor& t, int64_t lo, int64_t n) { return t.narrow(0, lo, n); }
 
+// The ops compute in their inputs' dtype. Autocast passes a custom op through with its key
+// still set, so without this the ATen GEMMs inside would run in half precision and meet
+// float32 operands in the in-place ones.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+
+// a^T @ b over the rows of a [N, m] and b [N, n], in blocks of grad_row_block rows (ops.h)
+// for its rounding error: the blocks' partial sums in one batched GEMM (at most 64 of them,
+// 16 MB), then their sum.
+at::Tensor weight_grad(const at::Tensor& a, const at::Tensor& b) {
+  const int64_t N = a.size(0), m = a.size(1), n = b.size(1);
+  const int64_t block = std::max(grad_row_block(N, m * n * a.element_size()), (N + 63) / 64);
+  const int64_t blocks = N / block, full = blocks * block;
+  if (blocks <= 1) return at::mm(a.t(), b);
+  at::Tensor grad = at::bmm(rows(a, 0, full).reshape({blocks, block, m}).transpose(1, 2),
+                            rows(b, 0, full).reshape({blocks, block, n}))
+                        .sum(0);
+  if (full < N) grad.addmm_(rows(a, full, N - full).t(), rows(b, full, N - full));
+  return grad;
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input_, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& bias_,
@@ -25,6 +46,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
     bool reverse, bool train) {
   const LayerSizes n = check_forward(input_, h0, c0, w_ih, w_hh, bias_, w_hr, batch_sizes);
   const c10::cuda::CUDAGuard guard(input_.device());
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opts = input_.options();
   const at::Tensor x = input_.reshape({n.N, n.I});
@@ -78,6 +100,7 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
   const LayerSizes n = check_backward(grad_output, grad_h_n, grad_c_n, input, h0_, c0_, w_ih,
                                       w_hh, w_hr, batch_sizes, output, gates_, cell_);
   const c10::cuda::CUDAGuard guard(input.device());
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto opts = input.options();
   const bool proj = w_hr.has_value();
@@ -124,12 +147,12 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
     at::Tensor dh_t = rows(dh, 0, m);
     at::mm_out(dh_t, rows(dgates, r, m), w_hh);
   }
-  // The weight gradients: one GEMM each over every step.
-  at::Tensor grad_w_hh = at::mm(dgates.t(), h_prev);
-  at::Tensor grad_w_ih = at::mm(dgates.t(), x);
+  // The weight gradients: sums over every step's rows.
+  at::Tensor grad_w_hh = weight_grad(dgates, h_prev);
+  at::Tensor grad_w_ih = weight_grad(dgates, x);
   at::Tensor grad_input = input_grad ? at::mm(dgates, w_ih).view(input.sizes())
                                     : at::empty({0}, opts);
-  at::Tensor grad_w_hr = proj ? at::mm(dh_all.t(), h_raw) : at::zeros({0, n.H}, opts);
+  at::Tensor grad_w_hr = proj ? weight_grad(dh_all, h_raw) : at::zeros({0, n.H}, opts);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, dgates.sum(0)};
 }
 
