@@ -163,7 +163,7 @@ def test_register_tiles_keep_their_accumulators_in_registers():
     checked = set()
     for name, parts in disassembly().items():
         tile = re.search(r"fused_lstm::cpu::((?:avx2|avx512)::"
-                         r"(?:fused_tile<\d+, \d+>|dh_tile<\d+>))\(", name)
+                         r"(?:fused_tile<\d+, \d+>|panel_tile<\d+>))\(", name)
         # The weight-gradient tiles of NV vectors: dw_columns<NV> holds its R-row loops,
         # inlined or in lambdas of their own; R comes from the loop's FMA count.
         dw = re.search(r"fused_lstm::cpu::(avx2|avx512)::dw_columns<(\d+)>\(", name)
@@ -191,6 +191,6 @@ def test_register_tiles_keep_their_accumulators_in_registers():
                               if re.search(r"[yz]mm", t) and re.search(r"\(%r[sb]p", t)]
                     assert not spills, f"{key}: accumulators spill: {spills[:3]}"
                     checked.add(key)
-    for full in ("avx512::fused_tile<6, 4>", "avx512::dh_tile<6>", "avx512::dw_tile<6, 4>",
-                 "avx2::fused_tile<3, 4>", "avx2::dh_tile<3>", "avx2::dw_tile<3, 4>"):
+    for full in ("avx512::fused_tile<6, 4>", "avx512::panel_tile<6>", "avx512::dw_tile<6, 4>",
+                 "avx2::fused_tile<3, 4>", "avx2::panel_tile<3>", "avx2::dw_tile<3, 4>"):
         assert full in checked, f"no k loop found in {full}"

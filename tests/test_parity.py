@@ -112,7 +112,8 @@ def test_parameter_gradients_when_input_needs_none(dtype):
 @pytest.mark.parametrize("packed", [False, True])
 def test_weight_gradients_summed_in_the_time_loop(threads, packed):
     """Small layers add dW_ih and dW_hh inside the backward time loop, each thread over its
-    own batch rows in chunks of steps, then sum the threads' parts (isa/weight_grads.h).
+    own batch rows in chunks of steps, then sum the threads' parts (isa/weight_grads.h); dx
+    comes from the loop too where the panels pad I little (layer 1, I = 100).
     T = 21 is not a multiple of the chunk; H = 50 ends the gates (4H = 200) inside a vector;
     3 threads split 19 rows unevenly; packed sequences start some rows from a nonzero h0
     mid-way in the reverse direction."""

@@ -2,7 +2,8 @@
 // order of the forward:
 //   1. per row: the fused cell backward (cell_rows.h) gives dgates[t] and dc; for packed
 //      input the row's previous h is gathered for the dW_hh GEMM after the loop;
-//   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh.
+//   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh (and, with
+//      the weight gradients in the loop, dx[t] = dgates[t] @ W_ih the same way).
 // One OpenMP region for the whole loop. Rows are independent, so with enough of them each
 // thread takes its own rows and never waits; otherwise threads split the rows in phase 1 and
 // the column panels in phase 2, with a barrier after each.
@@ -27,33 +28,43 @@ void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_t
   }
 }
 
-// dh rows [r0, r0 + R), column panel c, K block [k_lo, k_hi): dh = dgates rows @ W_hh,
+// A GEMM of a step's dgates rows with a [4H, N] weight packed by pack_columns; the output
+// row of dgates row `row + r` is out + r * ld. dh = dgates @ W_hh (rows of the running
+// [B, H] dh) and, in the loop, dx = dgates @ W_ih.
+struct PanelGemm {
+  const float* panels;
+  int64_t N;
+  float* out;
+  int64_t ld;
+};
+
+// Rows [r0, r0 + R) of the step starting at `row`, column panel c, K block [k_lo, k_hi),
 // K-blocked as the forward (tile.h).
 template <int R>
-void dh_tile(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t r0,
-             int64_t c, int64_t k_lo, int64_t k_hi, float* partial, const Prefetch& pf) {
+void panel_tile(const FusedBackwardArgs& a, const PanelGemm& g, int64_t row, int64_t r0,
+                int64_t c, int64_t k_lo, int64_t k_hi, float* partial, const Prefetch& pf) {
   constexpr int W = Vec::kWidth;
   const int64_t G = 4 * a.H;
   const float* rows[kTileRows];
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
-  if (!tile_block<R, 4>(acc, rows, G, nullptr, k_lo, k_hi, G, panels + c * G * 4 * W, partial,
+  if (!tile_block<R, 4>(acc, rows, G, nullptr, k_lo, k_hi, G, g.panels + c * G * 4 * W, partial,
                         pf)) {
     return;
   }
   for (int r = 0; r < R; ++r) {
-    float* dh = a.dh + (r0 + r) * a.H;
-    for (int g = 0; g < 4; ++g) {
-      const int64_t col = c * 4 * W + g * W, n = imin(W, a.H - col);
-      if (n > 0) store_n(acc[r][g], dh + col, n);
+    float* out = g.out + (r0 + r) * g.ld;
+    for (int q = 0; q < 4; ++q) {
+      const int64_t col = c * 4 * W + q * W, n = imin(W, g.N - col);
+      if (n > 0) store_n(acc[r][q], out + col, n);
     }
   }
 }
 
 // Column panels [c_lo, c_hi) in ascending or descending order (alternated per step, as the
 // forward does with its groups: a step starts with the panels still in L2).
-void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64_t lo,
-             int64_t hi, int64_t c_lo, int64_t c_hi, bool descending, float* partial) {
+void panel_rows(const FusedBackwardArgs& a, const PanelGemm& g, int64_t row, int64_t lo,
+                int64_t hi, int64_t c_lo, int64_t c_hi, bool descending, float* partial) {
   const int64_t G = 4 * a.H, k_block = hi - lo > 4 * kTileRows ? kKBlock : G;
   // Own rows ahead only: prefetching the next column panel (up to 1 MB) measured slower.
   const Prefetch pf{stream_ahead(k_block, 4, hi - lo), false, 0, 0};
@@ -64,7 +75,7 @@ void dh_rows(const FusedBackwardArgs& a, const float* panels, int64_t row, int64
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
         with_rows(imin(kTileRows, hi - r0), [&]<int R>() {
-          dh_tile<R>(a, panels, row, r0, c, k_lo, k_hi, part, pf);
+          panel_tile<R>(a, g, row, r0, c, k_lo, k_hi, part, pf);
         });
       }
     }
@@ -98,6 +109,8 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
 
 void fused_backward(const FusedBackwardArgs& a, const float* panels) {
   const int64_t blocks = (a.H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
+  const int64_t dx_blocks = (a.I + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
+  const PanelGemm dh{panels, a.H, a.dh, a.H};
   const int nt = a.num_threads;
   const bool split_rows = backward_splits_rows(a.B, a.H, nt);
   const bool fuse_dw = split_rows && a.dw_scratch;  // see weight_grads.h
@@ -121,10 +134,14 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
       cell_rows_backward(a, s, lo, hi);
       if (split_rows) {
         if (fuse_dw) accumulate_weight_grads(a, s, lo, hi, chunk, dwt);
-        dh_rows(a, panels, step.row, lo, imin(hi, step.n), 0, blocks, s & 1, partial);
+        panel_rows(a, dh, step.row, lo, imin(hi, step.n), 0, blocks, s & 1, partial);
+        if (fuse_dw && a.dx) {  // the step's dgates rows are still in L1
+          const PanelGemm dx{a.ih_panels, a.I, a.dx + step.row * a.I, a.I};
+          panel_rows(a, dx, step.row, lo, imin(hi, step.n), 0, dx_blocks, false, partial);
+        }
       } else {
         barrier.wait();
-        dh_rows(a, panels, step.row, 0, step.n, c_lo, c_hi, s & 1, partial);
+        panel_rows(a, dh, step.row, 0, step.n, c_lo, c_hi, s & 1, partial);
         barrier.wait();
       }
     }

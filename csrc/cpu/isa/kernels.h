@@ -52,9 +52,12 @@ struct FusedBackwardArgs {
   float* partial;  // scratch, num_threads * B * 64 floats
   int num_threads;
   // With dw_scratch (weight_grad_floats of it), the loop also computes dw_ih [4H, I] and
-  // dw_hh [4H, H] from x [N, I] (isa/weight_grads.h); null: the caller does.
+  // dw_hh [4H, H] from x [N, I] (isa/weight_grads.h), and then dx [N, I] too when given
+  // (ih_panels: W_ih packed by pack_columns); null: the caller does.
   const float* x;
   float *dw_scratch, *dw_ih, *dw_hh;
+  const float* ih_panels;
+  float* dx;
 };
 
 struct FusedKernels {
