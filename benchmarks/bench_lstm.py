@@ -226,8 +226,8 @@ def main() -> None:
           f"{fused_lstm.cpu_isa()}, {threads} threads, float32")
     if args.device == "cpu":
         print("GEMMs: fused register-tiled kernels for the recurrent steps (forward and backward) "
-              "and for small layers' weight gradients; torch's BLAS (MKL) for the hoisted input "
-              "projection, dx and larger layers' weight gradients")
+              "and for small layers' weight gradients and dx; torch's BLAS (MKL) for the hoisted "
+              "input projection and larger layers' dx and weight gradients")
     else:
         print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
               "kernels, against cuDNN nn.LSTM")
