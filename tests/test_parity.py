@@ -65,10 +65,11 @@ def test_error_bound_threaded_sizes(bidirectional, T, B, I, H, layers):
     threads, and sums long enough that float32 rounding exceeds a fixed 1e-5. The bound is stated as
     flash-attention does: FusedLSTM's float32 error against a float64 reference is at most
     2x nn.LSTM's float32 error against it (plus a floor for outputs nn.LSTM gets exact).
-    Weight gradients get 3x: each is ONE float32 GEMM reducing over all T*B rows, and MKL's
-    sgemm accumulates long K in long chains (measured: 7.3e-6 max error over K = 1920 where
-    the exact sum of the same float32 inputs is off by 2.7e-6), while oneDNN's per-step
-    accumulation happens to round less."""
+    Weight gradients get 3x: those of large layers are ONE float32 GEMM reducing over all
+    T*B rows (small ones are summed in row blocks, ops.h's grad_row_block, or in the time
+    loop), and MKL's sgemm accumulates long K in long chains (measured: 7.3e-6 max error over
+    K = 1920 where the exact sum of the same float32 inputs is off by 2.7e-6), while oneDNN's
+    per-step accumulation happens to round less."""
     ref, fused = make_pair(torch.float32, input_size=I, hidden_size=H, num_layers=layers,
                            bidirectional=bidirectional)
     ref64, _ = make_pair(torch.float64, input_size=I, hidden_size=H, num_layers=layers,
