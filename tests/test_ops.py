@@ -12,9 +12,10 @@ pytestmark = pytest.mark.skipif(fused_lstm.backend() != "cpp", reason="compiled 
 LENGTHS = [6, 6, 4, 1]  # a packed batch: sorted by decreasing length, some equal
 
 
-def layer_args(T=6, B=4, I=5, H=4, P=0, packed=False, bias=True, dtype=torch.float64,
+def layer_args(T=8, B=4, I=5, H=4, P=0, packed=False, bias=True, dtype=torch.float64,
                requires_grad=False):
-    """Positional args of lstm_layer up to (not including) reverse/train."""
+    """Positional args of lstm_layer up to (not including) reverse/train. T = 8: in float32
+    the ops take the fused kernels from 8 steps (lstm_cpu.cpp's use_fused)."""
     make = lambda *shape: torch.randn(*shape, dtype=dtype, requires_grad=requires_grad)
     Ph = P or H
     if packed:
