@@ -211,11 +211,12 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
     fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
     // dx comes from the loop along with the weight gradients (the step's dgates rows are
     // hot), unless the panels would pad I by more than a third: measured with AVX-512
-    // (64-column panels), I = 64 and I = 50 gained 6% and 3% of the backward, I = 32 lost 8%.
-    const int64_t padded_i = fused.column_panel_floats(4 * n.H, n.I) / std::max<int64_t>(4 * n.H, 1);
+    // (64-column panels), I = 64 and I = 50 gained 4-5% and 2-3% of the backward, I = 32
+    // lost 8%.
+    const int64_t ih_floats = fused.column_panel_floats(4 * n.H, n.I);
+    const int64_t padded_i = ih_floats / std::max<int64_t>(4 * n.H, 1);
     const bool loop_dx = dw_floats > 0 && input_grad && 3 * padded_i <= 4 * n.I;
-    at::Tensor ih_panels =
-        at::empty({loop_dx ? fused.column_panel_floats(4 * n.H, n.I) : 0}, opts);
+    at::Tensor ih_panels = at::empty({loop_dx ? ih_floats : 0}, opts);
     if (loop_dx) {
       fused.pack_columns(w_ih.data_ptr<float>(), 4 * n.H, n.I, ih_panels.data_ptr<float>(),
                          threads);
