@@ -83,6 +83,25 @@ def test_gradcheck_module(bidirectional):
     assert torch.autograd.gradcheck(fn, (x, h0, c0, *[p.detach().requires_grad_() for p in params]))
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_streaming_one_step_per_call_matches_whole_sequence(batch):
+    """One step per call with the state carried over (the per-step library path: fewer than
+    8 steps) gives the whole sequence's outputs (the fused kernels at T = 12) and nn.LSTM's."""
+    ref, fused = make_pair(input_size=16, hidden_size=64, num_layers=2)
+    x = torch.randn(12, batch, 16)
+    with torch.no_grad():
+        whole, (h_whole, c_whole) = fused(x)
+        want, _ = ref(x)
+        state, steps = None, []
+        for t in range(12):
+            y, state = fused(x[t:t + 1], state)
+            steps.append(y)
+    torch.testing.assert_close(torch.cat(steps), whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(whole, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(state[0], h_whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(state[1], c_whole, atol=1e-6, rtol=0)
+
+
 def test_dropout_eval_matches_and_training_is_random():
     ref, fused = make_pair(input_size=4, hidden_size=8, num_layers=3, dropout=0.5)
     x = torch.randn(6, 5, 4)
