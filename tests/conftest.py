@@ -39,3 +39,16 @@ def run(model: nn.Module, x: torch.Tensor, hx, weights):
     leaves = [leaf] + ([] if hx is None else list(hx)) + list(model.parameters())
     grads = torch.autograd.grad(loss, leaves)
     return (out, h_n, c_n), grads
+
+
+def assert_within_2x(want, base, got, dtype: torch.dtype, names=None, what: str = "nn.LSTM"):
+    """The error bound stated as flash-attention does: each tensor of `got` is at most 2x as
+    far (max abs) from the float64 reference `want` as `base` (nn.LSTM in the same dtype) is,
+    plus one rounding of the result to `dtype`."""
+    for k, (w, b, g) in enumerate(zip(want, base, got)):
+        w = w.double().cpu()
+        ulp = torch.finfo(dtype).eps * w.abs().max().item()
+        err = (g.double().cpu() - w).abs().max().item()
+        base_err = (b.double().cpu() - w).abs().max().item()
+        name = names[k] if names else f"tensor {k}"
+        assert err <= 2 * base_err + ulp, f"{name}: error {err:.3g}, {what}'s {base_err:.3g}"

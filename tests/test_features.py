@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from conftest import make_pair, run
+from conftest import assert_within_2x, make_pair, run
 from fused_lstm import FusedLSTM
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -106,10 +106,7 @@ def test_half_precision_error_bound(dtype):
     got = run(fused, x, None, weights)
     assert got[0][0].dtype == dtype and all(g.dtype == dtype for g in got[1])
     flat = lambda r: r[0] + r[1]
-    for k, (w, b, g) in enumerate(zip(flat(want), flat(base), flat(got))):
-        ulp = torch.finfo(dtype).eps * w.abs().max().item()
-        err, base_err = (g.double() - w).abs().max().item(), (b.double() - w).abs().max().item()
-        assert err <= 2 * base_err + ulp, f"tensor {k}: error {err:.3g}, nn.LSTM's {base_err:.3g}"
+    assert_within_2x(flat(want), flat(base), flat(got), dtype)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -131,10 +128,7 @@ def test_projection_float32_error_bound(seed):
     names = ["output", "h_n", "c_n", "grad input", "grad h0", "grad c0"] + [
         f"grad {n}" for n, _ in ref.named_parameters()]
     flat = lambda r: r[0] + r[1]
-    for name, w, b, g in zip(names, flat(want), flat(base), flat(got)):
-        ulp = torch.finfo(torch.float32).eps * w.abs().max().item()
-        err, base_err = (g.double() - w).abs().max().item(), (b.double() - w).abs().max().item()
-        assert err <= 2 * base_err + ulp, f"{name}: error {err:.3g}, nn.LSTM's {base_err:.3g}"
+    assert_within_2x(flat(want), flat(base), flat(got), torch.float32, names)
 
 
 @pytest.mark.parametrize("packed", [False, True])

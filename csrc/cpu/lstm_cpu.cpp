@@ -216,7 +216,7 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
     const int64_t ih_floats = fused.column_panel_floats(4 * n.H, n.I);
     const int64_t padded_i = ih_floats / std::max<int64_t>(4 * n.H, 1);
     const bool loop_dx = dw_floats > 0 && input_grad && 3 * padded_i <= 4 * n.I;
-    at::Tensor ih_panels = at::empty({loop_dx ? ih_floats : 0}, opts);
+    at::Tensor ih_panels = cached_empty({loop_dx ? ih_floats : 0}, opts);
     if (loop_dx) {
       fused.pack_columns(w_ih.data_ptr<float>(), 4 * n.H, n.I, ih_panels.data_ptr<float>(),
                          threads);

@@ -8,15 +8,12 @@
 // thread takes its own rows and never waits; otherwise threads split the rows in phase 1 and
 // the column panels in phase 2, with a barrier after each.
 
-int64_t column_panel_floats(int64_t K, int64_t N) {
-  const int64_t cols = 4 * Vec::kWidth;
-  return (N + cols - 1) / cols * K * cols;
-}
+int64_t column_panel_floats(int64_t K, int64_t N) { return column_panels(N) * K * 4 * Vec::kWidth; }
 
 // panels[c][k][0..4W) = w[k][c * 4W + ...], zero-padded past N.
 void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_threads) {
   constexpr int64_t cols = 4 * Vec::kWidth;
-  const int64_t blocks = (N + cols - 1) / cols;
+  const int64_t blocks = column_panels(N);
 #pragma omp parallel for num_threads(num_threads) schedule(static)
   for (int64_t c = 0; c < blocks; ++c) {
     for (int64_t k = 0; k < K; ++k) {
@@ -108,8 +105,7 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
 }
 
 void fused_backward(const FusedBackwardArgs& a, const float* panels) {
-  const int64_t blocks = (a.H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
-  const int64_t dx_blocks = (a.I + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
+  const int64_t blocks = column_panels(a.H), dx_blocks = column_panels(a.I);
   const PanelGemm dh{panels, a.H, a.dh, a.H};
   const int nt = a.num_threads;
   const bool split_rows = backward_splits_rows(a.B, a.H, nt);

@@ -24,9 +24,12 @@ inline StepRows step_rows(const FusedBackwardArgs& a, int64_t s) {
   return {row, n, a.offsets[t_prev], imin(n, a.offsets[t_prev + 1] - a.offsets[t_prev])};
 }
 
+// Panels of 4W columns that hold N columns (pack_columns, fused_backward.h).
+inline int64_t column_panels(int64_t N) { return (N + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth); }
+
 // Whether the backward of this layer runs on split rows (no barrier; see fused_backward).
 inline bool backward_splits_rows(int64_t B, int64_t H, int threads) {
-  const int64_t blocks = (H + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth);
+  const int64_t blocks = column_panels(H);
   return blocks < threads || (blocks < 4 * threads && B >= 2 * kTileRows * threads);
 }
 
