@@ -143,6 +143,13 @@ TORCH_LIBRARY(fused_lstm, m) {
       "bool input_grad) -> "
       "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
       "Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_bias)");
+  // op(a) @ op(b) + beta * c (c absent: zeros), op(x) = x^T when trans_x: the GEMM the CPU
+  // layers run over all rows (the input projection, dx, weight gradients), for the tests and
+  // the benchmark. k_block > 0 sums every block of that many terms from zero (the weight
+  // gradients' row blocks); 0 leaves it to the kernel.
+  m.def(
+      "matmul(Tensor a, Tensor b, bool trans_a=False, bool trans_b=False, Tensor? c=None, "
+      "float beta=0.0, int k_block=0) -> Tensor");
 }
 
 }  // namespace fused_lstm

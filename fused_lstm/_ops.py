@@ -120,6 +120,12 @@ if HAS_EXTENSION:
             w_ih.new_empty(w_ih.shape[0]),
         )
 
+    @torch.library.register_fake("fused_lstm::matmul")
+    def _matmul_fake(a, b, trans_a=False, trans_b=False, c=None, beta=0.0, k_block=0):
+        m = a.shape[1] if trans_a else a.shape[0]
+        n = b.shape[0] if trans_b else b.shape[1]
+        return a.new_empty(m, n)
+
     def _setup_context(ctx, inputs, output):
         input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse, _train = inputs
         out, _h_n, _c_n, gates, cell = output

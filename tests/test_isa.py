@@ -167,6 +167,11 @@ def test_register_tiles_keep_their_accumulators_in_registers():
         # The weight-gradient tiles of NV vectors: dw_columns<NV> holds its R-row loops,
         # inlined or in lambdas of their own; R comes from the loop's FMA count.
         dw = re.search(r"fused_lstm::cpu::(avx2|avx512)::dw_columns<(\d+)>\(", name)
+        # The GEMM's R x 4 tiles (gemm.h), one lambda of gemm_rows per R.
+        gemm = re.search(r"fused_lstm::cpu::(avx512)::gemm_rows\(.*\)::\{lambda\(\)#1\}::"
+                         r"operator\(\)<(\d+)>", name)
+        if gemm:
+            tile = re.match(r"(.*)", f"{gemm.group(1)}::gemm_tile<{gemm.group(2)}>")
         if not tile and not dw:
             continue
         if tile:
@@ -192,5 +197,6 @@ def test_register_tiles_keep_their_accumulators_in_registers():
                     assert not spills, f"{key}: accumulators spill: {spills[:3]}"
                     checked.add(key)
     for full in ("avx512::fused_tile<6, 4>", "avx512::panel_tile<6>", "avx512::dw_tile<6, 4>",
+                 "avx512::gemm_tile<6>",
                  "avx2::fused_tile<3, 4>", "avx2::panel_tile<3>", "avx2::dw_tile<3, 4>"):
         assert full in checked, f"no k loop found in {full}"

@@ -91,8 +91,9 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
     const int64_t t_lo = reverse ? n.T - s1 : s0, t_hi = reverse ? n.T - 1 - s0 : s1 - 1;
     const int64_t row_lo = n.offsets[t_lo], row_hi = n.offsets[t_hi + 1];
     float* gates = train ? ws + row_lo * G : ws;
-    gemm<float>(false, true, row_hi - row_lo, G, n.I, input.data_ptr<float>() + row_lo * n.I,
-                n.I, w_ih.data_ptr<float>(), n.I, 0.0f, gates, G);
+    layer_gemm<float>(false, true, row_hi - row_lo, G, n.I,
+                      input.data_ptr<float>() + row_lo * n.I, n.I, w_ih.data_ptr<float>(), n.I,
+                      0.0f, gates, G);
     args.s0 = s0;
     args.s1 = s1;
     args.gates = gates;

@@ -26,10 +26,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "../ops.h"
 #include "blas.h"
+#include "buffer_cache.h"
 #include "isa/kernels.h"
 
 namespace fused_lstm::cpu {
@@ -56,21 +58,45 @@ inline int64_t rows_per_task(int64_t H) {
   return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
 }
 
+// The GEMMs over all rows of a layer (the input projection, dx, the weight gradients), as
+// blas.h's gemm: in float32 the ISA's own GEMM where it has one (isa/gemm.h: MKL runs its
+// AVX2 code on AMD CPUs, at under half the AVX-512 peak), else the BLAS. k_block > 0: each
+// block of that many terms of the sum is summed from zero, then added up (for the BLAS, one
+// GEMM per block); 0: the kernel's own K blocks, or one BLAS call.
+template <typename T>
+void layer_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
+                int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc,
+                int64_t k_block = 0) {
+  if constexpr (std::is_same_v<T, float>) {
+    const FusedKernels kernels = fused_kernels();
+    if (kernels.gemm && m > 0 && n > 0 && k > 0) {
+      const int threads = at::get_num_threads();
+      at::Tensor scratch = cached_empty({kernels.gemm_scratch_floats(m, n, k, k_block, threads)},
+                                        at::TensorOptions().dtype(at::kFloat));
+      kernels.gemm({trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc, k_block, threads},
+                   scratch.data_ptr<float>());
+      return;
+    }
+  }
+  const int64_t block = k_block > 0 ? k_block : std::max<int64_t>(k, 1);
+  for (int64_t k0 = 0; k0 == 0 || k0 < k; k0 += block) {  // op(A) columns, op(B) rows k0..
+    gemm<T>(trans_a, trans_b, m, n, std::min(block, k - k0), a + (trans_a ? k0 * lda : k0), lda,
+            b + (trans_b ? k0 : k0 * ldb), ldb, k0 == 0 ? beta : T(1), c, ldc);
+  }
+}
+
 // dx = dgates @ W_ih, one GEMM over all N rows.
 template <typename T>
 void input_gradient(const LayerSizes& n, const T* dgates, const T* w_ih, T* dx) {
-  gemm<T>(false, false, n.N, n.I, 4 * n.H, dgates, 4 * n.H, w_ih, n.I, T(0), dx, n.I);
+  layer_gemm<T>(false, false, n.N, n.I, 4 * n.H, dgates, 4 * n.H, w_ih, n.I, T(0), dx, n.I);
 }
 
-// dW [m, n] = A^T @ B (+ beta dW) over k rows of A [k, m] and B [k, n], in blocks of
+// dW [m, n] = A^T @ B (+ beta dW) over k rows of A [k, m] and B [k, n], summed in blocks of
 // grad_row_block rows (ops.h) for its rounding error.
 template <typename T>
 void weight_grad_gemm(int64_t m, int64_t n, int64_t k, const T* a, const T* b, T beta, T* dw) {
   const int64_t block = grad_row_block(k, m * n * static_cast<int64_t>(sizeof(T)));
-  for (int64_t k0 = 0; k0 == 0 || k0 < k; k0 += block) {
-    gemm<T>(true, false, m, n, std::min(block, k - k0), a + k0 * m, m, b + k0 * n, n,
-            k0 == 0 ? beta : T(1), dw, n);
-  }
+  layer_gemm<T>(true, false, m, n, k, a, m, b, n, beta, dw, n, block < k ? block : 0);
 }
 
 // After the time loop: dW_hh = dgates^T @ h_prev, dW_ih = dgates^T @ x (over all N rows,
@@ -116,8 +142,8 @@ class ForwardPass {
       const int64_t t_hi = std::max(p_.time_of(s0), p_.time_of(s1 - 1));
       const int64_t row_lo = p_.offset(t_lo), row_hi = p_.offset(t_hi + 1);
       T* ws = train_ ? gates_ + row_lo * G : gates_;
-      gemm<T>(false, true, row_hi - row_lo, G, p_.I, p_.x + row_lo * p_.I, p_.I, p_.w_ih, p_.I,
-              T(0), ws, G);
+      layer_gemm<T>(false, true, row_hi - row_lo, G, p_.I, p_.x + row_lo * p_.I, p_.I, p_.w_ih,
+                    p_.I, T(0), ws, G);
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t t = p_.time_of(s);
         Iterate(t, ws + (p_.offset(t) - row_lo) * G);

@@ -21,6 +21,7 @@ namespace fused_lstm::cpu::avx512 {
 #include "fused_forward.h"
 #include "weight_grads.h"
 #include "fused_backward.h"
+#include "gemm.h"
 #include "fma_peak.h"
 
 CellKernels<float> cell_kernels() {
@@ -29,7 +30,8 @@ CellKernels<float> cell_kernels() {
 
 FusedKernels fused_kernels() {
   return {&panel_floats, &pack_panels, &fused_forward, &column_panel_floats, &pack_columns,
-          &fused_backward, &weight_grad_floats, &fma_peak_gflops};
+          &fused_backward, &weight_grad_floats, &fma_peak_gflops, &gemm_scratch_floats,
+          &gemm};
 }
 
 }  // namespace fused_lstm::cpu::avx512

@@ -60,6 +60,22 @@ struct FusedBackwardArgs {
   float* dx;
 };
 
+// C[m, n] = op(A) @ op(B) + beta C, float32, row-major as blas.h's gemm (isa/gemm.h);
+// m, n, k >= 1. Each K block of k_block terms (0: the ISA's default) is summed from zero.
+struct GemmArgs {
+  bool trans_a, trans_b;
+  int64_t m, n, k;
+  const float* a;
+  int64_t lda;
+  const float* b;
+  int64_t ldb;
+  float beta;
+  float* c;
+  int64_t ldc;
+  int64_t k_block;
+  int num_threads;
+};
+
 struct FusedKernels {
   int64_t (*panel_floats)(int64_t I, int64_t H, bool hoisted);
   void (*pack)(const FusedForwardArgs& args, float* panels);
@@ -72,6 +88,9 @@ struct FusedKernels {
   int64_t (*weight_grad_floats)(int64_t B, int64_t I, int64_t H, int threads);
   // Measured fp32 FMA GFLOP/s of this ISA on num_threads threads.
   double (*fma_peak_gflops)(int num_threads);
+  // The ISA's own GEMM and its scratch floats; null where the BLAS is as fast (AVX2).
+  int64_t (*gemm_scratch_floats)(int64_t m, int64_t n, int64_t k, int64_t k_block, int threads);
+  void (*gemm)(const GemmArgs& args, float* scratch);
 };
 
 // The ISA in use: the best this CPU supports, unless FUSED_LSTM_CPU_ISA (generic, avx2,

@@ -1,0 +1,167 @@
+// A float32 GEMM for the large products around the time loops: the hoisted input projection,
+// dx and the weight gradients. Written over Vec with the time loops' register tile (include
+// after tile.h and cell_rows.h). MKL takes its AVX2 path on AMD CPUs: 120-200 GFLOP/s on two
+// Zen 5 cores at the LSTM's shapes, against a ~450 GFLOP/s FMA peak.
+//
+// C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta C, row-major as blas.h's gemm.
+// - op(B) is packed once per call into panels of 4W columns, [k][4W] each (zero past n),
+//   shared by the threads; op(A) per block of rows and K into strips of kTileRows rows,
+//   [k][kTileRows] each, so that a tile's R broadcasts come from one cache line and either
+//   transpose reads the same way.
+// - Each thread owns a range of C's rows (or, for a short C, of its panels). Loops, per
+//   thread: row blocks (their C rows stay in L2 across the K blocks), K blocks (a panel's
+//   block, 32 KB with AVX-512, stays in L1 across the row block's tiles), panels, tiles.
+// - Each K block's sum starts from zero in registers and is then added to C: a chain of
+//   k_block + k / k_block terms, and the same sums whatever the thread count.
+
+// Rows of C per block: up to kGemmCBytes of C rows, touched once per K block, and each K
+// block of a panel is reused over that many rows. Measured at the LSTM's shapes (M, K, N up
+// to 6400, 2048, 4096): 256 KB to 1.5 MB and 96 to 192 rows within noise of each other,
+// 192 KB with 96 rows 3-25% slower.
+constexpr int64_t kGemmCBytes = int64_t{1} << 20;
+constexpr int64_t kGemmMaxRowBlock = 32 * kTileRows;
+
+inline int64_t gemm_row_block(int64_t n) {
+  const int64_t panels_cols = column_panels(n) * 4 * Vec::kWidth;
+  const int64_t rows = kGemmCBytes / (panels_cols * int64_t{sizeof(float)});
+  return imin(kGemmMaxRowBlock, rows < kTileRows ? kTileRows : rows / kTileRows * kTileRows);
+}
+
+inline int64_t gemm_k_block(const GemmArgs& g) { return g.k_block > 0 ? g.k_block : kKBlock; }
+
+int64_t gemm_scratch_floats(int64_t m, int64_t n, int64_t k, int64_t k_block, int threads) {
+  (void)m;
+  const int64_t kb = k_block > 0 ? k_block : kKBlock;
+  return column_panels(n) * k * 4 * Vec::kWidth + threads * gemm_row_block(n) * imin(kb, k);
+}
+
+// op(B) column panel p into panels + p * k * 4W.
+void gemm_pack_b(const GemmArgs& g, int64_t p, float* panels) {
+  constexpr int W = Vec::kWidth;
+  float* panel = panels + p * g.k * 4 * W;
+  for (int v = 0; v < 4; ++v) {
+    const int64_t col0 = p * 4 * W + v * W, cols = imin(W, g.n - col0);
+    if (!g.trans_b) {  // rows of op(B) are rows of B
+      for (int64_t kk = 0; kk < g.k; ++kk) {
+        const Vec row = cols > 0 ? load_n<Vec>(g.b + kk * g.ldb + col0, cols) : Vec(0.0f);
+        row.store(panel + kk * 4 * W + v * W);
+      }
+      continue;
+    }
+    // op(B) = B^T: W x W blocks of B (rows col0.., columns k0..) transposed in registers.
+    for (int64_t k0 = 0; k0 < g.k; k0 += W) {
+      const int64_t len = imin(W, g.k - k0);
+      Vec block[W];
+      for (int u = 0; u < W; ++u) {
+        block[u] = u < cols ? load_n<Vec>(g.b + (col0 + u) * g.ldb + k0, len) : Vec(0.0f);
+      }
+      transpose(block);
+      for (int64_t kk = 0; kk < len; ++kk) block[kk].store(panel + (k0 + kk) * 4 * W + v * W);
+    }
+  }
+}
+
+// op(A) rows [m0, m0 + rows), K [k0, k0 + kb) into strips of kTileRows rows, [kb][kTileRows]
+// each; rows past the end are zero.
+void gemm_pack_a(const GemmArgs& g, int64_t m0, int64_t rows, int64_t k0, int64_t kb,
+                 float* strips) {
+  for (int64_t s = 0; s * kTileRows < rows; ++s) {
+    float* strip = strips + s * kb * kTileRows;
+    for (int r = 0; r < kTileRows; ++r) {
+      const int64_t i = s * kTileRows + r;
+      if (i >= rows) {
+        for (int64_t kk = 0; kk < kb; ++kk) strip[kk * kTileRows + r] = 0.0f;
+      } else if (g.trans_a) {  // op(A)[i][kk] = A[kk][i]
+        const float* src = g.a + k0 * g.lda + m0 + i;
+        for (int64_t kk = 0; kk < kb; ++kk) strip[kk * kTileRows + r] = src[kk * g.lda];
+      } else {
+        const float* src = g.a + (m0 + i) * g.lda + k0;
+        for (int64_t kk = 0; kk < kb; ++kk) strip[kk * kTileRows + r] = src[kk];
+      }
+    }
+  }
+}
+
+// C rows [0, R) by the panel's `cols` columns (c points at the tile's first element) +=
+// strip @ panel over kb; `first`: the first K block, where C = beta C + the sum instead.
+template <int R>
+LSTM_TILE_INLINE void gemm_tile(const float* strip, const float* panel, int64_t kb, float* c,
+                                int64_t ldc, int64_t cols, bool first, float beta) {
+  constexpr int W = Vec::kWidth;
+  Vec acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = Vec(0.0f);
+  const float* w = panel;
+  const float* x = strip;
+  for (int64_t kk = 0; kk < kb; ++kk, w += 4 * W, x += kTileRows) {
+    Vec wv[4];
+    for (int v = 0; v < 4; ++v) wv[v] = Vec::load(w + v * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec xr(x[r]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = fmadd(xr, wv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < 4; ++v) {
+      const int64_t n = imin(W, cols - v * W);
+      if (n <= 0) break;
+      float* p = c + r * ldc + v * W;
+      Vec out = acc[r][v];
+      if (!first) {
+        out = out + load_n<Vec>(p, n);
+      } else if (beta != 0.0f) {  // beta = 0 never reads C (it may hold NaN)
+        out = fmadd(Vec(beta), load_n<Vec>(p, n), out);
+      }
+      store_n(out, p, n);
+    }
+  }
+}
+
+// Panels [p_lo, p_hi) of C rows [m_lo, m_hi); strips: this thread's scratch.
+void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_hi,
+               int64_t p_lo, int64_t p_hi, float* strips) {
+  constexpr int W = Vec::kWidth;
+  const int64_t row_block = gemm_row_block(g.n), k_block = gemm_k_block(g);
+  for (int64_t m0 = m_lo; m0 < m_hi; m0 += row_block) {
+    const int64_t rows = imin(row_block, m_hi - m0);
+    for (int64_t k0 = 0; k0 < g.k; k0 += k_block) {
+      const int64_t kb = imin(k_block, g.k - k0);
+      gemm_pack_a(g, m0, rows, k0, kb, strips);
+      for (int64_t p = p_lo; p < p_hi; ++p) {
+        const float* panel = panels + (p * g.k + k0) * 4 * W;
+        const int64_t cols = imin(4 * W, g.n - p * 4 * W);
+        for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+          float* c = g.c + (m0 + r0) * g.ldc + p * 4 * W;
+          const float* strip = strips + r0 * kb;
+          with_rows(imin(kTileRows, rows - r0), [&]<int R>() {
+            gemm_tile<R>(strip, panel, kb, c, g.ldc, cols, k0 == 0, g.beta);
+          });
+        }
+      }
+    }
+  }
+}
+
+// m, n, k >= 1 (blas.h's gemm handles the empty cases).
+void gemm(const GemmArgs& g, float* scratch) {
+  const int64_t panels_n = column_panels(g.n), tiles = (g.m + kTileRows - 1) / kTileRows;
+  const int64_t strip_floats = gemm_row_block(g.n) * imin(gemm_k_block(g), g.k);
+  float* panels = scratch;
+#pragma omp parallel num_threads(g.num_threads)
+  {
+    const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < panels_n; ++p) gemm_pack_b(g, p, panels);
+    float* strips = scratch + panels_n * g.k * 4 * Vec::kWidth + tid * strip_floats;
+    // Rows split in whole tiles where each thread gets two or more; else the panels.
+    if (tiles >= 2 * threads || panels_n < threads) {
+      const int64_t per = (tiles + threads - 1) / threads * kTileRows;
+      const int64_t m_lo = imin(g.m, tid * per);
+      gemm_rows(g, panels, m_lo, imin(g.m, m_lo + per), 0, panels_n, strips);
+    } else {
+      const int64_t per = (panels_n + threads - 1) / threads;
+      const int64_t p_lo = imin(panels_n, tid * per);
+      gemm_rows(g, panels, 0, g.m, p_lo, imin(panels_n, p_lo + per), strips);
+    }
+  }
+}
