@@ -71,7 +71,7 @@ void layer_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, con
     const FusedKernels kernels = fused_kernels();
     if (kernels.gemm && m > 0 && n > 0 && k > 0) {
       const int threads = at::get_num_threads();
-      at::Tensor scratch = cached_empty({kernels.gemm_scratch_floats(m, n, k, k_block, threads)},
+      at::Tensor scratch = cached_empty({kernels.gemm_scratch_floats(n, k, k_block, threads)},
                                         at::TensorOptions().dtype(at::kFloat));
       kernels.gemm({trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc, k_block, threads},
                    scratch.data_ptr<float>());

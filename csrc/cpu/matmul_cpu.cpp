@@ -29,8 +29,9 @@ at::Tensor matmul(const at::Tensor& a, const at::Tensor& b, bool trans_a, bool t
     TORCH_CHECK(c->sizes() == at::IntArrayRef({m, n}), "c must have shape [", m, ", ", n,
                 "], got ", c->sizes());
     out = c->contiguous().clone();
-  } else {
-    out = at::zeros({m, n}, a.options());
+  } else {  // beta = 0: the GEMM writes C without reading it (k = 0: zeros, blas.h)
+    out = at::empty({m, n}, a.options());
+    beta = 0.0;
   }
   const at::Tensor a_c = a.contiguous(), b_c = b.contiguous();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "matmul", [&] {

@@ -5,9 +5,9 @@
 //
 // C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta C, row-major as blas.h's gemm.
 // - op(B) is packed once per call into panels of 4W columns, [k][4W] each (zero past n),
-//   shared by the threads; op(A) per block of rows and K into strips of kTileRows rows,
-//   [k][kTileRows] each, so that a tile's R broadcasts come from one cache line and either
-//   transpose reads the same way.
+//   shared by the threads. op(A) = A is read in place, a tile's R rows of it at a time; op(A)
+//   = A^T is packed per block of rows and K into strips of kTileRows rows, [k][kTileRows]
+//   each (A's columns are its rows).
 // - Each thread owns a range of C's rows (or, for a short C, of its panels). Loops, per
 //   thread: row blocks (their C rows stay in L2 across the K blocks), K blocks (a panel's
 //   block, 32 KB with AVX-512, stays in L1 across the row block's tiles), panels, tiles.
@@ -29,8 +29,8 @@ inline int64_t gemm_row_block(int64_t n) {
 
 inline int64_t gemm_k_block(const GemmArgs& g) { return g.k_block > 0 ? g.k_block : kKBlock; }
 
-int64_t gemm_scratch_floats(int64_t m, int64_t n, int64_t k, int64_t k_block, int threads) {
-  (void)m;
+// The packed op(B) and each thread's strips of op(A) (used when A is transposed).
+int64_t gemm_scratch_floats(int64_t n, int64_t k, int64_t k_block, int threads) {
   const int64_t kb = k_block > 0 ? k_block : kKBlock;
   return column_panels(n) * k * 4 * Vec::kWidth + threads * gemm_row_block(n) * imin(kb, k);
 }
@@ -61,43 +61,41 @@ void gemm_pack_b(const GemmArgs& g, int64_t p, float* panels) {
   }
 }
 
-// op(A) rows [m0, m0 + rows), K [k0, k0 + kb) into strips of kTileRows rows, [kb][kTileRows]
-// each; rows past the end are zero.
+// op(A) = A^T rows [m0, m0 + rows), K [k0, k0 + kb) into strips of kTileRows rows,
+// [kb][kTileRows] each, one contiguous run of each row of A at a time (a strip's few floats
+// per row would walk A at a stride of whole rows, 4 KB and more: one L1 set for all of them);
+// rows past the end are zero.
 void gemm_pack_a(const GemmArgs& g, int64_t m0, int64_t rows, int64_t k0, int64_t kb,
                  float* strips) {
-  for (int64_t s = 0; s * kTileRows < rows; ++s) {
-    float* strip = strips + s * kb * kTileRows;
-    for (int r = 0; r < kTileRows; ++r) {
-      const int64_t i = s * kTileRows + r;
-      if (i >= rows) {
-        for (int64_t kk = 0; kk < kb; ++kk) strip[kk * kTileRows + r] = 0.0f;
-      } else if (g.trans_a) {  // op(A)[i][kk] = A[kk][i]
-        const float* src = g.a + k0 * g.lda + m0 + i;
-        for (int64_t kk = 0; kk < kb; ++kk) strip[kk * kTileRows + r] = src[kk * g.lda];
-      } else {
-        const float* src = g.a + (m0 + i) * g.lda + k0;
-        for (int64_t kk = 0; kk < kb; ++kk) strip[kk * kTileRows + r] = src[kk];
-      }
+  for (int64_t kk = 0; kk < kb; ++kk) {
+    const float* src = g.a + (k0 + kk) * g.lda + m0;
+    for (int64_t i0 = 0; i0 < rows; i0 += kTileRows) {
+      const int64_t n = imin(kTileRows, rows - i0);  // kTileRows < W: one masked vector
+      Vec::load(src + i0, n).store(strips + (i0 * kb + kk * kTileRows), kTileRows);
     }
   }
 }
 
 // C rows [0, R) by the panel's `cols` columns (c points at the tile's first element) +=
-// strip @ panel over kb; `first`: the first K block, where C = beta C + the sum instead.
-template <int R>
-LSTM_TILE_INLINE void gemm_tile(const float* strip, const float* panel, int64_t kb, float* c,
-                                int64_t ldc, int64_t cols, bool first, float beta) {
+// op(A) rows @ panel over kb; `first`: the first K block, where C = beta C + the sum
+// instead. op(A)'s row r at k is a[r + k * kTileRows] in a packed strip (kPacked),
+// else a[r * lda + k] (rows of A read in place: no packing needed).
+template <int R, bool kPacked>
+LSTM_TILE_INLINE void gemm_tile(const float* a, int64_t lda, const float* panel, int64_t kb,
+                                float* c, int64_t ldc, int64_t cols, bool first, float beta) {
   constexpr int W = Vec::kWidth;
+  constexpr int64_t step = kPacked ? kTileRows : 1;
+  const float* rows[R];
+  for (int r = 0; r < R; ++r) rows[r] = kPacked ? a + r : a + r * lda;
   Vec acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = Vec(0.0f);
   const float* w = panel;
-  const float* x = strip;
-  for (int64_t kk = 0; kk < kb; ++kk, w += 4 * W, x += kTileRows) {
+  for (int64_t kk = 0; kk < kb; ++kk, w += 4 * W) {
     Vec wv[4];
     for (int v = 0; v < 4; ++v) wv[v] = Vec::load(w + v * W);
     for (int r = 0; r < R; ++r) {
-      const Vec xr(x[r]);
+      const Vec xr(rows[r][kk * step]);
       for (int v = 0; v < 4; ++v) acc[r][v] = fmadd(xr, wv[v], acc[r][v]);
     }
   }
@@ -117,7 +115,7 @@ LSTM_TILE_INLINE void gemm_tile(const float* strip, const float* panel, int64_t 
   }
 }
 
-// Panels [p_lo, p_hi) of C rows [m_lo, m_hi); strips: this thread's scratch.
+// Panels [p_lo, p_hi) of C rows [m_lo, m_hi); strips: this thread's scratch for op(A) = A^T.
 void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_hi,
                int64_t p_lo, int64_t p_hi, float* strips) {
   constexpr int W = Vec::kWidth;
@@ -126,15 +124,19 @@ void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_h
     const int64_t rows = imin(row_block, m_hi - m0);
     for (int64_t k0 = 0; k0 < g.k; k0 += k_block) {
       const int64_t kb = imin(k_block, g.k - k0);
-      gemm_pack_a(g, m0, rows, k0, kb, strips);
+      if (g.trans_a) gemm_pack_a(g, m0, rows, k0, kb, strips);
       for (int64_t p = p_lo; p < p_hi; ++p) {
         const float* panel = panels + (p * g.k + k0) * 4 * W;
         const int64_t cols = imin(4 * W, g.n - p * 4 * W);
         for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
           float* c = g.c + (m0 + r0) * g.ldc + p * 4 * W;
-          const float* strip = strips + r0 * kb;
           with_rows(imin(kTileRows, rows - r0), [&]<int R>() {
-            gemm_tile<R>(strip, panel, kb, c, g.ldc, cols, k0 == 0, g.beta);
+            if (g.trans_a) {
+              gemm_tile<R, true>(strips + r0 * kb, 0, panel, kb, c, g.ldc, cols, k0 == 0, g.beta);
+            } else {
+              gemm_tile<R, false>(g.a + (m0 + r0) * g.lda + k0, g.lda, panel, kb, c, g.ldc, cols,
+                                  k0 == 0, g.beta);
+            }
           });
         }
       }
@@ -145,7 +147,7 @@ void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_h
 // m, n, k >= 1 (blas.h's gemm handles the empty cases).
 void gemm(const GemmArgs& g, float* scratch) {
   const int64_t panels_n = column_panels(g.n), tiles = (g.m + kTileRows - 1) / kTileRows;
-  const int64_t strip_floats = gemm_row_block(g.n) * imin(gemm_k_block(g), g.k);
+  const int64_t strip_floats = g.trans_a ? gemm_row_block(g.n) * imin(gemm_k_block(g), g.k) : 0;
   float* panels = scratch;
 #pragma omp parallel num_threads(g.num_threads)
   {

@@ -89,7 +89,7 @@ struct FusedKernels {
   // Measured fp32 FMA GFLOP/s of this ISA on num_threads threads.
   double (*fma_peak_gflops)(int num_threads);
   // The ISA's own GEMM and its scratch floats; null where the BLAS is as fast (AVX2).
-  int64_t (*gemm_scratch_floats)(int64_t m, int64_t n, int64_t k, int64_t k_block, int threads);
+  int64_t (*gemm_scratch_floats)(int64_t n, int64_t k, int64_t k_block, int threads);
   void (*gemm)(const GemmArgs& args, float* scratch);
 };
 
