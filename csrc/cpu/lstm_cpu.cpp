@@ -86,6 +86,7 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
   }
   // Hoisted: the projection of a chunk of steps (all of them when training) by one GEMM,
   // then the fused steps of that chunk; chunk rows are contiguous in either direction.
+  GemmReuse w_ih_packed;  // packed by the first chunk's GEMM
   for (int64_t s0 = 0; hoisted && s0 < n.T; s0 += chunk) {
     const int64_t s1 = std::min(s0 + chunk, n.T);
     const int64_t t_lo = reverse ? n.T - s1 : s0, t_hi = reverse ? n.T - 1 - s0 : s1 - 1;
@@ -93,7 +94,7 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
     float* gates = train ? ws + row_lo * G : ws;
     layer_gemm<float>(false, true, row_hi - row_lo, G, n.I,
                       input.data_ptr<float>() + row_lo * n.I, n.I, w_ih.data_ptr<float>(), n.I,
-                      0.0f, gates, G);
+                      0.0f, gates, G, 0, &w_ih_packed);
     args.s0 = s0;
     args.s1 = s1;
     args.gates = gates;

@@ -58,6 +58,13 @@ inline int64_t rows_per_task(int64_t H) {
   return std::max<int64_t>(1, kUnitsPerTask / std::max<int64_t>(H, 1));
 }
 
+// Scratch of layer_gemm kept over calls with the same op(B) and n, k (the inference
+// projection, one chunk of steps at a time), so that op(B) is packed once.
+struct GemmReuse {
+  at::Tensor scratch;
+  bool b_packed = false;
+};
+
 // The GEMMs over all rows of a layer (the input projection, dx, the weight gradients), as
 // blas.h's gemm: in float32 the ISA's own GEMM where it has one (isa/gemm.h: MKL runs its
 // AVX2 code on AMD CPUs, at under half the AVX-512 peak), else the BLAS. k_block > 0: each
@@ -66,15 +73,21 @@ inline int64_t rows_per_task(int64_t H) {
 template <typename T>
 void layer_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
                 int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc,
-                int64_t k_block = 0) {
+                int64_t k_block = 0, GemmReuse* reuse = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     const FusedKernels kernels = fused_kernels();
     if (kernels.gemm && m > 0 && n > 0 && k > 0) {
       const int threads = at::get_num_threads();
-      at::Tensor scratch = cached_empty({kernels.gemm_scratch_floats(n, k, k_block, threads)},
-                                        at::TensorOptions().dtype(at::kFloat));
-      kernels.gemm({trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc, k_block, threads},
-                   scratch.data_ptr<float>());
+      GemmReuse fresh;
+      GemmReuse& r = reuse ? *reuse : fresh;
+      if (!r.scratch.defined()) {
+        r.scratch = cached_empty({kernels.gemm_scratch_floats(n, k, k_block, threads)},
+                                 at::TensorOptions().dtype(at::kFloat));
+      }
+      kernels.gemm({trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc, k_block, threads,
+                    r.b_packed},
+                   r.scratch.data_ptr<float>());
+      r.b_packed = true;
       return;
     }
   }
@@ -136,6 +149,7 @@ class ForwardPass {
     const int64_t G = 4 * p_.H;
     // The input projection runs one chunk of steps at a time; a chunk's rows are contiguous
     // in either direction.
+    GemmReuse w_ih_packed;
     for (int64_t s0 = 0; s0 < p_.T_; s0 += chunk_) {
       const int64_t s1 = std::min(s0 + chunk_, p_.T_);
       const int64_t t_lo = std::min(p_.time_of(s0), p_.time_of(s1 - 1));
@@ -143,7 +157,7 @@ class ForwardPass {
       const int64_t row_lo = p_.offset(t_lo), row_hi = p_.offset(t_hi + 1);
       T* ws = train_ ? gates_ + row_lo * G : gates_;
       layer_gemm<T>(false, true, row_hi - row_lo, G, p_.I, p_.x + row_lo * p_.I, p_.I, p_.w_ih,
-                    p_.I, T(0), ws, G);
+                    p_.I, T(0), ws, G, 0, &w_ih_packed);
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t t = p_.time_of(s);
         Iterate(t, ws + (p_.offset(t) - row_lo) * G);

@@ -153,7 +153,7 @@ void gemm(const GemmArgs& g, float* scratch) {
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < panels_n; ++p) gemm_pack_b(g, p, panels);
+    for (int64_t p = 0; p < (g.b_packed ? 0 : panels_n); ++p) gemm_pack_b(g, p, panels);
     float* strips = scratch + panels_n * g.k * 4 * Vec::kWidth + tid * strip_floats;
     // Rows split in whole tiles where each thread gets two or more; else the panels.
     if (tiles >= 2 * threads || panels_n < threads) {

@@ -74,6 +74,7 @@ struct GemmArgs {
   int64_t ldc;
   int64_t k_block;
   int num_threads;
+  bool b_packed;  // the scratch already holds op(B), packed by an earlier call with this b
 };
 
 struct FusedKernels {
