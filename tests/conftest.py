@@ -6,12 +6,25 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+import fused_lstm
 from fused_lstm import FusedLSTM
+
+# The CPU kernel paths this machine can run.
+ISAS = [isa for isa in ("generic", "avx2", "avx512") if fused_lstm.cpu_supports(isa)]
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test once per CPU kernel path (fused_lstm.set_cpu_isa), then restores it."""
+    default = fused_lstm.cpu_isa()
+    fused_lstm.set_cpu_isa(request.param)
+    yield request.param
+    fused_lstm.set_cpu_isa(default)
 
 
 def make_pair(dtype: torch.dtype = torch.float32, **kwargs) -> Tuple[nn.LSTM, FusedLSTM]:

@@ -12,20 +12,11 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_lstm
-from conftest import make_pair, run
+from conftest import ISAS, make_pair, run
 from test_parity import check_parity
 
 pytestmark = pytest.mark.skipif(fused_lstm.backend() != "cpp", reason="compiled extension not loaded")
 
-ISAS = [isa for isa in ("generic", "avx2", "avx512") if fused_lstm.cpu_supports(isa)]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = fused_lstm.cpu_isa()
-    fused_lstm.set_cpu_isa(request.param)
-    yield request.param
-    fused_lstm.set_cpu_isa(default)
 
 
 # Shapes that take every branch of the fused kernels: one row and a few (hoisted
@@ -164,18 +155,18 @@ def test_register_tiles_keep_their_accumulators_in_registers():
     for name, parts in disassembly().items():
         tile = re.search(r"fused_lstm::cpu::((?:avx2|avx512)::"
                          r"(?:fused_tile<\d+, \d+>|panel_tile<\d+>))\(", name)
-        # The weight-gradient tiles of NV vectors: dw_columns<NV> holds its R-row loops,
-        # inlined or in lambdas of their own; R comes from the loop's FMA count.
-        dw = re.search(r"fused_lstm::cpu::(avx2|avx512)::dw_columns<(\d+)>\(", name)
         # The GEMM's R x 4 tiles (gemm.h), one lambda of gemm_rows per R.
         gemm = re.search(r"fused_lstm::cpu::(avx512)::gemm_rows\(.*\)::\{lambda\(\)#1\}::"
                          r"operator\(\)<(\d+)>", name)
-        if gemm:
-            tile = re.match(r"(.*)", f"{gemm.group(1)}::gemm_tile<{gemm.group(2)}>")
-        if not tile and not dw:
+        # The weight-gradient tiles of NV vectors: dw_columns<NV> holds its R-row loops,
+        # inlined or in lambdas of their own; R comes from the loop's FMA count.
+        dw = re.search(r"fused_lstm::cpu::(avx2|avx512)::dw_columns<(\d+)>\(", name)
+        tile_key = (tile.group(1) if tile else
+                    f"{gemm.group(1)}::gemm_tile<{gemm.group(2)}>" if gemm else None)
+        if not tile_key and not dw:
             continue
-        if tile:
-            sizes = [int(v) for v in re.findall(r"\d+", tile.group(1).split("::")[1])]
+        if tile_key:
+            sizes = [int(v) for v in re.findall(r"\d+", tile_key.split("::")[1])]
             want = sizes[0] * (sizes[1] if len(sizes) > 1 else 4)
         for body in parts:
             for address, text in body:
@@ -185,8 +176,8 @@ def test_register_tiles_keep_their_accumulators_in_registers():
                 loop = [t for a, t in body if int(jump.group(1), 16) <= a < address]
                 straight = not any(re.match(r"j\w+\s", t) for t in loop)  # an innermost loop
                 fmas = sum("vfmadd" in t for t in loop)
-                if tile and fmas == want:
-                    key = tile.group(1)
+                if tile_key and fmas == want:
+                    key = tile_key
                 elif dw and fmas and fmas % int(dw.group(2)) == 0:
                     key = f"{dw.group(1)}::dw_tile<{fmas // int(dw.group(2))}, {dw.group(2)}>"
                 else:

@@ -8,16 +8,7 @@ import fused_lstm
 
 pytestmark = pytest.mark.skipif(fused_lstm.backend() != "cpp", reason="compiled extension not loaded")
 
-ISAS = [isa for isa in ("generic", "avx2", "avx512") if fused_lstm.cpu_supports(isa)]
 matmul = torch.ops.fused_lstm.matmul
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    default = fused_lstm.cpu_isa()
-    fused_lstm.set_cpu_isa(request.param)
-    yield request.param
-    fused_lstm.set_cpu_isa(default)
 
 
 def operands(m, n, k, trans_a, trans_b, dtype=torch.float32):
