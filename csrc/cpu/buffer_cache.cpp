@@ -9,10 +9,19 @@
 #include <mutex>
 #include <new>
 
+#include <sys/mman.h>
+
 namespace fused_lstm::cpu {
 namespace {
 
 constexpr size_t kAlignment = 64;
+// Blocks from 4 MB (weight panels, gates, the GEMM's packed operands) are asked for
+// transparent huge pages, 2 MB-aligned: the time loops stream them every step, and with
+// 4 KB pages the large-hidden forward (100, 16, 1024, 1024) took 77-81 ms against 72-75 with
+// huge pages, the fastrnns forward+backward 198-201 ms against 189-195 (alternating runs,
+// THP in madvise mode as on this machine).
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kHugeMinBytes = size_t{4} << 20;
 
 int64_t limit_from_env() {
   const char* mb = std::getenv("FUSED_LSTM_CPU_CACHE_MB");
@@ -36,8 +45,14 @@ class BufferCache {
         }
       }
     }
-    void* p = std::aligned_alloc(kAlignment, (bytes + kAlignment - 1) / kAlignment * kAlignment);
+    const bool huge = bytes >= kHugeMinBytes;
+    const size_t align = huge ? kHugePage : kAlignment;
+    const size_t size = (bytes + align - 1) / align * align;
+    void* p = std::aligned_alloc(align, size);
     if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (huge) madvise(p, size, MADV_HUGEPAGE);  // a hint: without THP it changes nothing
+#endif
     std::lock_guard<std::mutex> lock(mu_);
     in_use_.push_front({p, bytes});
     return p;
