@@ -1,6 +1,6 @@
 // A float32 GEMM for the large products around the time loops: the hoisted input projection,
 // dx and the weight gradients. Written over Vec with the time loops' register tile (include
-// after tile.h and cell_rows.h). MKL takes its AVX2 path on AMD CPUs: 120-200 GFLOP/s on two
+// after tile.h, cell_rows.h and weight_grads.h). MKL takes its AVX2 path on AMD CPUs: 120-200 GFLOP/s on two
 // Zen 5 cores at the LSTM's shapes, against a ~450 GFLOP/s FMA peak.
 //
 // C[m, n] = op(A)[m, k] @ op(B)[k, n] + beta C, row-major as blas.h's gemm.
@@ -31,10 +31,14 @@ inline int64_t gemm_row_block(int64_t n) {
 
 inline int64_t gemm_k_block(int64_t k_block) { return k_block > 0 ? k_block : kKBlock; }
 
-// The packed op(B) and each thread's strips of op(A) (used when A is transposed).
+// One thread's strips of op(A) = A^T: a row block by a K block.
+inline int64_t gemm_strip_floats(int64_t n, int64_t k, int64_t k_block) {
+  return gemm_row_block(n) * imin(gemm_k_block(k_block), k);
+}
+
+// The packed op(B) and each thread's strips.
 int64_t gemm_scratch_floats(int64_t n, int64_t k, int64_t k_block, int threads) {
-  return column_panels(n) * k * 4 * Vec::kWidth +
-         threads * gemm_row_block(n) * imin(gemm_k_block(k_block), k);
+  return column_panels(n) * k * 4 * Vec::kWidth + threads * gemm_strip_floats(n, k, k_block);
 }
 
 // op(B) column panel p into panels + p * k * 4W.
@@ -149,8 +153,7 @@ void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_h
 // m, n, k >= 1 (blas.h's gemm handles the empty cases).
 void gemm(const GemmArgs& g, float* scratch) {
   const int64_t panels_n = column_panels(g.n), tiles = (g.m + kTileRows - 1) / kTileRows;
-  const int64_t strip_floats =
-      g.trans_a ? gemm_row_block(g.n) * imin(gemm_k_block(g.k_block), g.k) : 0;
+  const int64_t strip_floats = gemm_strip_floats(g.n, g.k, g.k_block);
   float* panels = scratch;
 #pragma omp parallel num_threads(g.num_threads)
   {
