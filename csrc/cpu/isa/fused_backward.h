@@ -10,18 +10,12 @@
 
 int64_t column_panel_floats(int64_t K, int64_t N) { return column_panels(N) * K * 4 * Vec::kWidth; }
 
-// panels[c][k][0..4W) = w[k][c * 4W + ...], zero-padded past N.
+// W ([K, N], row-major) as column panels (pack_column_panel), one per 4W columns.
 void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_threads) {
-  constexpr int64_t cols = 4 * Vec::kWidth;
   const int64_t blocks = column_panels(N);
 #pragma omp parallel for num_threads(num_threads) schedule(static)
   for (int64_t c = 0; c < blocks; ++c) {
-    for (int64_t k = 0; k < K; ++k) {
-      float* dst = panels + (c * K + k) * cols;
-      for (int64_t u = 0; u < cols; ++u) {
-        dst[u] = c * cols + u < N ? w[k * N + c * cols + u] : 0.0f;
-      }
-    }
+    pack_column_panel(w, N, K, N, c, panels + c * K * 4 * Vec::kWidth);
   }
 }
 

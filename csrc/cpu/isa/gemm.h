@@ -45,15 +45,9 @@ int64_t gemm_scratch_floats(int64_t n, int64_t k, int64_t k_block, int threads) 
 void gemm_pack_b(const GemmArgs& g, int64_t p, float* panels) {
   constexpr int W = Vec::kWidth;
   float* panel = panels + p * g.k * 4 * W;
+  if (!g.trans_b) return pack_column_panel(g.b, g.ldb, g.k, g.n, p, panel);
   for (int v = 0; v < 4; ++v) {
     const int64_t col0 = p * 4 * W + v * W, cols = imin(W, g.n - col0);
-    if (!g.trans_b) {  // rows of op(B) are rows of B
-      for (int64_t kk = 0; kk < g.k; ++kk) {
-        const Vec row = cols > 0 ? load_n<Vec>(g.b + kk * g.ldb + col0, cols) : Vec(0.0f);
-        row.store(panel + kk * 4 * W + v * W);
-      }
-      continue;
-    }
     // op(B) = B^T: W x W blocks of B (rows col0.., columns k0..) transposed in registers.
     for (int64_t k0 = 0; k0 < g.k; k0 += W) {
       const int64_t len = imin(W, g.k - k0);

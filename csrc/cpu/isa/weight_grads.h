@@ -27,6 +27,21 @@ inline StepRows step_rows(const FusedBackwardArgs& a, int64_t s) {
 // Panels of 4W columns that hold N columns (pack_columns, fused_backward.h).
 inline int64_t column_panels(int64_t N) { return (N + 4 * Vec::kWidth - 1) / (4 * Vec::kWidth); }
 
+// Column panel p of a row-major K x N matrix b (row stride ldb): panel[k][0..4W) =
+// b[k][p * 4W + ...], zeros past N. The layout the backward's dh/dx tiles (pack_columns) and
+// the GEMM's op(B) (gemm.h) read.
+inline void pack_column_panel(const float* b, int64_t ldb, int64_t K, int64_t N, int64_t p,
+                              float* panel) {
+  constexpr int W = Vec::kWidth;
+  for (int64_t k = 0; k < K; ++k) {
+    for (int v = 0; v < 4; ++v) {
+      const int64_t col0 = p * 4 * W + v * W, cols = imin(W, N - col0);
+      const Vec row = cols > 0 ? load_n<Vec>(b + k * ldb + col0, cols) : Vec(0.0f);
+      row.store(panel + k * 4 * W + v * W);
+    }
+  }
+}
+
 // Whether the backward of this layer runs on split rows (no barrier; see fused_backward).
 inline bool backward_splits_rows(int64_t B, int64_t H, int threads) {
   const int64_t blocks = column_panels(H);
