@@ -239,11 +239,16 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
   // barrier per step would cost as much as the step.
   const bool split_rows = groups < nt || (groups < 4 * nt && a.B >= 2 * kTileRows * nt);
   // Prefetching pays only when a thread's weights do not stay in its L2 from one step to the
-  // next (measured: +3-4% with 4-8 MB per thread, -5% with 1 MB, neutral at 2 MB).
+  // next (measured: +3-4% with 4-8 MB per thread, -5% with 1 MB, neutral at 2 MB), and its
+  // rows fill more than two tiles: fewer tiles are bound by their loads, and the prefetches
+  // are more of them (H = 1024, 8 MB per thread, in-process A/B on Zen 5: B = 16 forward
+  // 90.9 -> 102.1 ms median without; B = 12 even; B = 8 60.3 -> 56.2 and B = 1, H = 640
+  // 12.3 -> 10.4 ms without).
   const int64_t K = (a.hoisted ? 0 : a.I) + a.H;
   const int64_t thread_groups = split_rows ? groups : (groups + nt - 1) / nt;
+  const int64_t thread_rows = split_rows ? (a.B + nt - 1) / nt : a.B;
   const int64_t thread_bytes = thread_groups * K * 4 * Vec::kWidth * int64_t{sizeof(float)};
-  const bool from_l3 = thread_bytes > kL2Bytes;
+  const bool from_l3 = thread_bytes > kL2Bytes && thread_rows > 2 * kTileRows;
   SpinBarrier barrier;
 #pragma omp parallel num_threads(nt)
   {
