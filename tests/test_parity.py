@@ -3,6 +3,7 @@ import itertools
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from conftest import make_pair, run
 
@@ -70,16 +71,34 @@ def test_error_bound_threaded_sizes(bidirectional, T, B, I, H, layers):
     loop), and MKL's sgemm accumulates long K in long chains (measured: 7.3e-6 max error over
     K = 1920 where the exact sum of the same float32 inputs is off by 2.7e-6), while oneDNN's
     per-step accumulation happens to round less."""
+    check_error_bound(torch.randn(T, B, I), B, H, layers, bidirectional)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_error_bound_packed_split_units(bidirectional):
+    """Sequences of unequal length on the path where the backward splits each step's hidden
+    units (and dh's column panels) across threads, with one barrier per step: B = 5 rows and
+    H = 256 (four panels) are too few rows to split. Some steps hold only a prefix of the
+    batch, and in the reverse direction rows start from h0 mid-sequence."""
+    x = pack_padded_sequence(torch.randn(9, 5, 32), torch.tensor([9, 7, 7, 3, 1]))
+    check_error_bound(x, 5, 256, 1, bidirectional)
+
+
+def check_error_bound(x, B, H, layers, bidirectional):
+    """Float32 FusedLSTM against float64 nn.LSTM: error at most 2x float32 nn.LSTM's (3x for
+    weight gradients, see above), plus a floor for outputs nn.LSTM gets exact."""
+    I = x.data.shape[-1]
     ref, fused = make_pair(torch.float32, input_size=I, hidden_size=H, num_layers=layers,
                            bidirectional=bidirectional)
     ref64, _ = make_pair(torch.float64, input_size=I, hidden_size=H, num_layers=layers,
                          bidirectional=bidirectional)
     ref64.load_state_dict(ref.state_dict())
     D = 2 if bidirectional else 1
-    x = torch.randn(T, B, I)
     hx = (torch.randn(layers * D, B, H), torch.randn(layers * D, B, H))
-    weights = [torch.randn(T, B, D * H), torch.randn(layers * D, B, H), torch.randn(layers * D, B, H)]
-    exact = run(ref64, x.double(), tuple(s.double() for s in hx), [w.double() for w in weights])
+    weights = [torch.randn(*x.data.shape[:-1], D * H), torch.randn(layers * D, B, H),
+               torch.randn(layers * D, B, H)]
+    x64 = x._replace(data=x.data.double()) if isinstance(x, PackedSequence) else x.double()
+    exact = run(ref64, x64, tuple(s.double() for s in hx), [w.double() for w in weights])
     torch_f32 = run(ref, x, hx, weights)
     fused_f32 = run(fused, x, hx, weights)
     names = ["output", "h_n", "c_n", "grad input", "grad h0", "grad c0"] + [

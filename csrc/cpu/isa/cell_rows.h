@@ -44,13 +44,14 @@ void forward_row(int64_t H, T* a, const T* bias, T* c, T* cell_out, T* h_out, T*
   }
 }
 
-// Backward, one row: gate gradients `da` from dL/dh = dh_a + dh_b (either may be null)
-// and dc (in: dL/dc_t, out: dL/dc_prev). Writes o * tanh(c_t) to h_raw when given.
+// Backward, hidden units [j_lo, j_hi) of one row: gate gradients `da` from dL/dh = dh_a +
+// dh_b (either may be null) and dc (in: dL/dc_t, out: dL/dc_prev). Writes o * tanh(c_t) to
+// h_raw when given. All pointers are to the row's unit 0.
 template <typename V, typename T>
-void backward_row(int64_t H, const T* a, const T* c_prev, const T* c_t, const T* dh_a,
-                  const T* dh_b, T* dc, T* da, T* h_raw) {
-  for (int64_t j = 0; j < H; j += V::kWidth) {
-    const int64_t n = H - j < V::kWidth ? H - j : V::kWidth;
+void backward_units(int64_t H, int64_t j_lo, int64_t j_hi, const T* a, const T* c_prev,
+                    const T* c_t, const T* dh_a, const T* dh_b, T* dc, T* da, T* h_raw) {
+  for (int64_t j = j_lo; j < j_hi; j += V::kWidth) {
+    const int64_t n = j_hi - j < V::kWidth ? j_hi - j : V::kWidth;
     const Gates<V> gate{load_n<V>(a + j, n), load_n<V>(a + H + j, n),
                         load_n<V>(a + 2 * H + j, n), load_n<V>(a + 3 * H + j, n)};
     V dh(T(0));
@@ -67,4 +68,11 @@ void backward_row(int64_t H, const T* a, const T* c_prev, const T* c_t, const T*
     store_n(d.o, da + 3 * H + j, n);
     if (h_raw) store_n(hidden_next(gate, c), h_raw + j, n);
   }
+}
+
+// All H units of one row.
+template <typename V, typename T>
+void backward_row(int64_t H, const T* a, const T* c_prev, const T* c_t, const T* dh_a,
+                  const T* dh_b, T* dc, T* da, T* h_raw) {
+  backward_units<V, T>(H, 0, H, a, c_prev, c_t, dh_a, dh_b, dc, da, h_raw);
 }

@@ -5,8 +5,9 @@
 //   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh (and, with
 //      the weight gradients in the loop, dx[t] = dgates[t] @ W_ih the same way).
 // One OpenMP region for the whole loop. Rows are independent, so with enough of them each
-// thread takes its own rows and never waits; otherwise threads split the rows in phase 1 and
-// the column panels in phase 2, with a barrier after each.
+// thread takes its own rows and never waits; otherwise each thread takes a range of column
+// panels of dh in phase 2 and the same hidden units in phase 1, with one barrier per step,
+// between the phases.
 
 int64_t column_panel_floats(int64_t K, int64_t N) { return column_panels(N) * K * 4 * Vec::kWidth; }
 
@@ -73,27 +74,30 @@ void panel_rows(const FusedBackwardArgs& a, const PanelGemm& g, int64_t row, int
   }
 }
 
-// Phase 1 for rows [lo, hi) of step t; each row's gate gradients are also added into its
-// row of a.dbias.
-void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi) {
+// Phase 1 for rows [lo, hi) and hidden units [j_lo, j_hi) of step s; each row's gate
+// gradients are also added into its row of a.dbias.
+void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64_t hi,
+                        int64_t j_lo, int64_t j_hi) {
   const int64_t H = a.H, G = 4 * H;
   const auto [row, n, row_prev, n_cont] = step_rows(a, s);
   for (int64_t b = lo; b < imin(hi, n); ++b) {
     const bool cont = b < n_cont;
     const float* c_prev = cont ? a.cell + (row_prev + b) * H : a.c0 + b * H;
     const float* h_prev = cont ? a.y + (row_prev + b) * H : a.h0 + b * H;
-    for (int64_t j = 0; a.h_prev && j < H; j += Vec::kWidth) {
-      const int64_t m = imin(Vec::kWidth, H - j);
+    for (int64_t j = j_lo; a.h_prev && j < j_hi; j += Vec::kWidth) {
+      const int64_t m = imin(Vec::kWidth, j_hi - j);
       store_n(load_n<Vec>(h_prev + j, m), a.h_prev + (row + b) * H + j, m);
     }
     float* da = a.dgates + (row + b) * G;
-    backward_row<Vec, float>(H, a.gates + (row + b) * G, c_prev, a.cell + (row + b) * H,
-                             a.dy ? a.dy + (row + b) * H : nullptr, a.dh + b * H,
-                             a.dc + b * H, da, nullptr);
+    backward_units<Vec, float>(H, j_lo, j_hi, a.gates + (row + b) * G, c_prev,
+                               a.cell + (row + b) * H, a.dy ? a.dy + (row + b) * H : nullptr,
+                               a.dh + b * H, a.dc + b * H, da, nullptr);
     float* dbias = a.dbias + b * G;
-    for (int64_t j = 0; j < G; j += Vec::kWidth) {  // da is still in L1
-      const int64_t m = imin(Vec::kWidth, G - j);
-      store_n(load_n<Vec>(dbias + j, m) + load_n<Vec>(da + j, m), dbias + j, m);
+    for (int64_t g = 0; g < G; g += H) {  // da is still in L1
+      for (int64_t j = j_lo; j < j_hi; j += Vec::kWidth) {
+        const int64_t m = imin(Vec::kWidth, j_hi - j);
+        store_n(load_n<Vec>(dbias + g + j, m) + load_n<Vec>(da + g + j, m), dbias + g + j, m);
+      }
     }
   }
 }
@@ -119,10 +123,14 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
     float* dwt = fuse_dw ? a.dw_scratch + tid * dw_floats : nullptr;
     for (int64_t i = 0; fuse_dw && i < dw_floats; ++i) dwt[i] = 0.0f;
     DwChunk chunk;
+    // Split panels: the thread's hidden units are its panels' dh columns, so phase 1 reads
+    // only the dh this thread wrote, and one barrier per step (dgates complete) suffices.
+    const int64_t j_lo = imin(a.H, c_lo * 4 * Vec::kWidth);
+    const int64_t j_hi = imin(a.H, c_hi * 4 * Vec::kWidth);
     for (int64_t s = a.T - 1; s >= 0; --s) {
       const StepRows step = step_rows(a, s);
-      cell_rows_backward(a, s, lo, hi);
       if (split_rows) {
+        cell_rows_backward(a, s, lo, hi, 0, a.H);
         if (fuse_dw) accumulate_weight_grads(a, s, lo, hi, chunk, dwt);
         panel_rows(a, dh, step.row, lo, imin(hi, step.n), 0, blocks, s & 1, partial);
         if (fuse_dw && a.dx) {  // the step's dgates rows are still in L1
@@ -130,9 +138,9 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
           panel_rows(a, dx, step.row, lo, imin(hi, step.n), 0, dx_blocks, false, partial);
         }
       } else {
+        cell_rows_backward(a, s, 0, a.B, j_lo, j_hi);
         barrier.wait();
         panel_rows(a, dh, step.row, 0, step.n, c_lo, c_hi, s & 1, partial);
-        barrier.wait();
       }
     }
     if (fuse_dw) {
