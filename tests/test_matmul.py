@@ -82,10 +82,9 @@ def test_float64_runs_the_blas():
 
 
 @pytest.mark.skipif(not fused_lstm.cpu_supports("avx512"), reason="needs AVX-512")
-def test_same_bits_for_any_thread_count():
+@pytest.mark.parametrize("isa", ["avx512"], indirect=True)  # the one path with its own GEMM
+def test_same_bits_for_any_thread_count(isa):
     """Each C element is summed in the same order whoever computes it."""
-    default = fused_lstm.cpu_isa()
-    fused_lstm.set_cpu_isa("avx512")
     threads = torch.get_num_threads()
     try:
         a, b = operands(301, 333, 517, True, False)
@@ -95,7 +94,6 @@ def test_same_bits_for_any_thread_count():
             results.append(matmul(a, b, True, False))
     finally:
         torch.set_num_threads(threads)
-        fused_lstm.set_cpu_isa(default)
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
