@@ -1,7 +1,7 @@
-"""Loads the compiled ops and registers their fake (meta) and autograd implementations.
+"""Loads the compiled ops and registers their fake (meta) implementations.
 
-The schemas and kernels live in C++ (``csrc/``); this module adds what PyTorch needs in
-Python so that the ops work with autograd and can be traced by ``torch.compile``. If the
+The schemas, kernels and the autograd formula live in C++ (``csrc/``); this module adds
+what PyTorch needs in Python so that the ops can be traced by ``torch.compile``. If the
 extension cannot be loaded, ``lstm_layer`` falls back to the pure-PyTorch reference.
 """
 import os
@@ -126,32 +126,7 @@ if HAS_EXTENSION:
         n = b.shape[0] if trans_b else b.shape[1]
         return a.new_empty(m, n)
 
-    def _setup_context(ctx, inputs, output):
-        input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse, _train = inputs
-        out, _h_n, _c_n, gates, cell = output
-        ctx.save_for_backward(input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cell)
-        ctx.reverse = reverse
-        ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(gates, cell)
-        # Outputs the loss does not use get None, not a materialized tensor of zeros (the
-        # kernel treats a missing gradient as zero without reading memory).
-        ctx.set_materialize_grads(False)
-
-    def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_gates, _grad_cell):
-        input, h0, c0, w_ih, w_hh, w_hr, batch_sizes, out, gates, cell = ctx.saved_tensors
-        grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_w_hr, grad_bias = (
-            torch.ops.fused_lstm.lstm_layer_backward(
-                grad_output, grad_h_n, grad_c_n, input, h0, c0, w_ih, w_hh, w_hr, batch_sizes,
-                out, gates, cell, ctx.reverse, ctx.needs_input_grad[0],
-            )
-        )
-        return (grad_input if ctx.needs_input_grad[0] else None, grad_h0, grad_c0, grad_w_ih, grad_w_hh,
-                grad_bias if ctx.has_bias else None,
-                grad_w_hr if w_hr is not None else None, None, None, None)
-
-    torch.library.register_autograd(
-        "fused_lstm::lstm_layer", _backward, setup_context=_setup_context
-    )
+    # The autograd formula of lstm_layer is registered in C++ (csrc/autograd.cpp).
 
 
 def lstm_layer(
