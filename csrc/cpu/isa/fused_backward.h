@@ -92,11 +92,14 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
     backward_units<Vec, float>(H, j_lo, j_hi, a.gates + (row + b) * G, c_prev,
                                a.cell + (row + b) * H, a.dy ? a.dy + (row + b) * H : nullptr,
                                a.dh + b * H, a.dc + b * H, da, nullptr);
+    // dbias += da (still in L1) over the units' four gate ranges: one range for all units.
     float* dbias = a.dbias + b * G;
-    for (int64_t g = 0; g < G; g += H) {  // da is still in L1
-      for (int64_t j = j_lo; j < j_hi; j += Vec::kWidth) {
-        const int64_t m = imin(Vec::kWidth, j_hi - j);
-        store_n(load_n<Vec>(dbias + g + j, m) + load_n<Vec>(da + g + j, m), dbias + g + j, m);
+    const bool all_units = j_lo == 0 && j_hi == H;
+    for (int64_t g = 0; g < (all_units ? 1 : 4); ++g) {
+      const int64_t end = all_units ? G : g * H + j_hi;
+      for (int64_t j = g * H + j_lo; j < end; j += Vec::kWidth) {
+        const int64_t m = imin(Vec::kWidth, end - j);
+        store_n(load_n<Vec>(dbias + j, m) + load_n<Vec>(da + j, m), dbias + j, m);
       }
     }
   }
