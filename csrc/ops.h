@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <tuple>
 #include <vector>
 
 #define CHECK_SHAPE(x, ...)                                                              \
@@ -61,6 +62,24 @@ LayerSizes check_backward(const std::optional<at::Tensor>& grad_output,
 // ([B, features]), zeros when absent; the time loop turns it into dL/dh0, dL/dc0 in place.
 at::Tensor state_grad(const std::optional<at::Tensor>& grad_n, int64_t B, int64_t features,
                       const at::TensorOptions& opts);
+
+// How lstm_stack's flat weight list splits into layers: `per` tensors per layer and
+// direction, the last of them w_hr when `proj`.
+struct StackLayout {
+  int64_t layers, directions, per;
+  bool has_biases, proj;
+};
+
+// Checks lstm_stack's arguments that no layer's check_forward sees: the layer count, the
+// states' leading dimension, the length of the weight list.
+StackLayout check_stack(const at::Tensor& h0, const at::Tensor& c0, at::TensorList weights,
+                        bool has_biases, int64_t num_layers, bool bidirectional);
+
+// lstm_stack layer by layer through the dispatcher's lstm_layer (any device).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_layers(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, bool has_biases, int64_t num_layers, bool bidirectional,
+    const std::optional<at::Tensor>& batch_sizes);
 
 // Rows per GEMM when a weight gradient is summed over rows (dW = dgates^T @ h over N rows).
 // BLAS sums a GEMM's k terms in one chain (up to its own k block of a few hundred), which for

@@ -6,7 +6,7 @@ extension cannot be loaded, ``lstm_layer`` falls back to the pure-PyTorch refere
 """
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -120,6 +120,16 @@ if HAS_EXTENSION:
             w_ih.new_empty(w_ih.shape[0]),
         )
 
+    @torch.library.register_fake("fused_lstm::lstm_stack")
+    def _lstm_stack_fake(input, h0, c0, weights, has_biases, num_layers, bidirectional,
+                         batch_sizes):
+        directions = 2 if bidirectional else 1
+        return (
+            input.new_empty(tuple(input.shape[:-1]) + (directions * h0.shape[2],)),
+            torch.empty_like(h0),
+            torch.empty_like(c0),
+        )
+
     @torch.library.register_fake("fused_lstm::matmul")
     def _matmul_fake(a, b, trans_a=False, trans_b=False, c=None, beta=0.0, k_block=0):
         m = a.shape[1] if trans_a else a.shape[0]
@@ -153,3 +163,21 @@ def lstm_layer(
         input, h0, c0, w_ih, w_hh, bias, w_hr, batch_sizes, reverse, train
     )
     return output, h_n, c_n
+
+
+def lstm_stack(
+    input: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: List[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    bidirectional: bool = False,
+    batch_sizes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """All layers of an LSTM for inference (no gradient flows through it): ``(output, h_n,
+    c_n)`` as ``nn.LSTM`` returns them, for time-major ``input`` ``(T, B, I)`` or packed rows
+    ``(N, I)`` with ``batch_sizes``. ``weights`` are ``nn.LSTM``'s flat weights in its order;
+    ``h0`` is ``(num_layers * directions, B, P)``, ``c0`` ``(..., B, H)``."""
+    return torch.ops.fused_lstm.lstm_stack(input, h0, c0, weights, has_biases, num_layers,
+                                           bidirectional, batch_sizes)

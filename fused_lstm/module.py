@@ -216,6 +216,14 @@ class FusedLSTM(nn.Module):
         upcast = dtype in _checks.UPCAST_DTYPES
         cast = (lambda t: t.float()) if upcast else (lambda t: t)
         x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
+        dropout = self.dropout > 0 and self.training and self.num_layers > 1
+        if not train and not dropout and _ops.HAS_EXTENSION:
+            # Inference: every layer in one op call (on the CPU one wavefront, see lstm_stack).
+            output, h_n, c_n = _ops.lstm_stack(x, h0, c0, [cast(w) for w in flat], self.bias,
+                                               self.num_layers, self.bidirectional, batch_sizes)
+            if upcast:
+                return output.to(dtype), h_n.to(dtype), c_n.to(dtype)
+            return output, h_n, c_n
         D = self.num_directions
         all_weights = self._group_weights(flat)
         h_n, c_n = [], []
@@ -233,7 +241,7 @@ class FusedLSTM(nn.Module):
                 h_n.append(h)
                 c_n.append(c)
             x = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+            if dropout and layer < self.num_layers - 1:
                 x = F.dropout(x, p=self.dropout, training=True)
         h_n, c_n = torch.stack(h_n), torch.stack(c_n)
         if upcast:

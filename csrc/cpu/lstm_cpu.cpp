@@ -5,6 +5,7 @@
 
 #include "../ops.h"
 #include "buffer_cache.h"
+#include "lstm_cpu.h"
 #include "lstm_layer.h"
 
 namespace fused_lstm::cpu {
@@ -40,26 +41,49 @@ LayerParams<T> layer_params(const LayerSizes& n, const at::Tensor& input, const 
           w_ih.data_ptr<T>(), w_hh.data_ptr<T>(), ptr_or_null<T>(w_hr), ptr_or_null<T>(bias)};
 }
 
-// At most this many sequences: the input projection is hoisted out of the time loop into
-// one GEMM, and each step only streams W_hh. Larger batches reuse each weight panel over
-// enough rows that the per-step [x_t, h] @ [W_ih; W_hh]^T pass wins (and the projection
-// buffer would not stay in cache).
-constexpr int64_t kHoistMaxBatch = 16;
+}  // namespace
 
-bool hoist_projection(const LayerSizes& n) { return n.B <= kHoistMaxBatch; }
+bool hoist_projection(const LayerSizes& n) {
+  constexpr int64_t kHoistMaxBatch = 16;
+  return n.B <= kHoistMaxBatch;
+}
 
-// The fused kernels (float32, no projection) pack the weights on every call, one extra pass
-// over them, and win per step and row after that. With few steps and few rows the per-step
-// library path is faster. Measured here, forward and forward+backward, B = 1:
-//   - T = 1, H = 1024: 0.80 / 4.2 ms against 1.69 / 7.4 ms fused
-//   - T = 4, H = 256: 0.14 / 0.75 ms against 0.19 / 0.76 ms fused
-// From T = 8 (H = 256), or 32 rows at T = 1 (B = 32, H = 50: 0.11 ms fused against 0.20),
-// the fused kernels are ahead.
 bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bool proj) {
   constexpr int64_t kMinSteps = 8, kMinRows = 32;
   return input.scalar_type() == at::kFloat && has_kernel && !proj &&
          (n.T >= kMinSteps || n.N >= kMinRows);
 }
+
+FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
+                                    const at::Tensor& h0, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const at::Tensor& bias,
+                                    bool reverse, bool train, at::Tensor& output,
+                                    at::Tensor& cell, at::Tensor& c_n) {
+  return {n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoist_projection(n), 0, n.T,
+          input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
+          bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
+          output.data_ptr<float>(), train ? cell.data_ptr<float>() : nullptr,
+          c_n.data_ptr<float>(), nullptr, at::get_num_threads()};
+}
+
+at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse) {
+  // Each sequence's h_n is its output at its own last step: step 0 for all of them in the
+  // reverse direction; forward, step t is the last for sequences [rows(t + 1), rows(t)).
+  const at::Tensor y = output.view({-1, output.size(-1)});
+  at::Tensor h_n = at::empty({n.B, y.size(1)}, output.options());
+  if (reverse) {
+    h_n.copy_(y.narrow(0, 0, n.B));
+  }
+  for (int64_t t = 0; !reverse && t < n.T; ++t) {
+    const int64_t lo = t + 1 < n.T ? n.rows(t + 1) : 0, hi = n.rows(t);
+    if (hi > lo) {
+      h_n.narrow(0, lo, hi - lo).copy_(y.narrow(0, n.offsets[t] + lo, hi - lo));
+    }
+  }
+  return h_n;
+}
+
+namespace {
 
 // The fused float32 forward (isa/fused_forward.h): writes output, cell (when training), the
 // activated gates (when training), c_n; returns h_n.
@@ -68,13 +92,11 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
                          const at::Tensor& bias, bool reverse, bool train, int64_t chunk,
                          at::Tensor& workspace, at::Tensor& output, at::Tensor& cell,
                          at::Tensor& c_n) {
-  const bool hoisted = hoist_projection(n);
+  FusedForwardArgs args =
+      fused_forward_args(n, input, h0, w_ih, w_hh, bias, reverse, train, output, cell, c_n);
+  const bool hoisted = args.hoisted;
   at::Tensor panels = cached_empty({kernels.panel_floats(n.I, n.H, hoisted)}, input.options());
-  FusedForwardArgs args{n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoisted, 0, n.T,
-                        input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
-                        bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
-                        output.data_ptr<float>(), train ? cell.data_ptr<float>() : nullptr,
-                        c_n.data_ptr<float>(), nullptr, at::get_num_threads()};
+  const float* panel_ptr = panels.data_ptr<float>();
   at::Tensor partial = at::empty({args.num_threads * n.B * 64}, input.options());
   args.partial = partial.data_ptr<float>();
   kernels.pack(args, panels.data_ptr<float>());
@@ -82,7 +104,7 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
   float* ws = workspace.data_ptr<float>();
   if (!hoisted) {
     args.gates = train ? ws : nullptr;
-    kernels.forward(args, panels.data_ptr<float>());
+    kernels.forward(&args, 1, &panel_ptr);
   }
   // Hoisted: the projection of a chunk of steps (all of them when training) by one GEMM,
   // then the fused steps of that chunk; chunk rows are contiguous in either direction.
@@ -99,23 +121,12 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
     args.s1 = s1;
     args.gates = gates;
     args.gates_row0 = row_lo;
-    kernels.forward(args, panels.data_ptr<float>());
+    kernels.forward(&args, 1, &panel_ptr);
   }
-  // Each sequence's h_n is its output at its own last step: step 0 for all of them in the
-  // reverse direction; forward, step t is the last for sequences [rows(t + 1), rows(t)).
-  const at::Tensor y = output.view({-1, n.H});
-  at::Tensor h_n = at::empty({n.B, n.H}, input.options());
-  if (reverse) {
-    h_n.copy_(y.narrow(0, 0, n.B));
-  }
-  for (int64_t t = 0; !reverse && t < n.T; ++t) {
-    const int64_t lo = t + 1 < n.T ? n.rows(t + 1) : 0, hi = n.rows(t);
-    if (hi > lo) {
-      h_n.narrow(0, lo, hi - lo).copy_(y.narrow(0, n.offsets[t] + lo, hi - lo));
-    }
-  }
-  return h_n;
+  return last_hidden(n, output, reverse);
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input_, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_,
@@ -162,6 +173,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   });
   return {output, h_n, c_n, gates, cell};
 }
+
+namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_backward(const std::optional<at::Tensor>& grad_output,

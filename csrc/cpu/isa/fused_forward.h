@@ -234,7 +234,13 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   }
 }
 
-void fused_forward(const FusedForwardArgs& a, const float* panels) {
+// How a layer's steps are shared among the threads.
+struct ThreadPlan {
+  bool split_rows;  // each thread its rows, all groups; else each thread its groups
+  bool from_l3;     // prefetch each next weight block (see below)
+};
+
+ThreadPlan thread_plan(const FusedForwardArgs& a) {
   const int64_t groups = num_groups(a.H);
   const int nt = a.num_threads;
   // Splitting rows needs no barrier but makes every thread stream all the weights and
@@ -251,26 +257,44 @@ void fused_forward(const FusedForwardArgs& a, const float* panels) {
   const int64_t thread_groups = split_rows ? groups : (groups + nt - 1) / nt;
   const int64_t thread_rows = split_rows ? (a.B + nt - 1) / nt : a.B;
   const int64_t thread_bytes = thread_groups * K * 4 * Vec::kWidth * int64_t{sizeof(float)};
-  const bool from_l3 = thread_bytes > kL2Bytes && thread_rows > 2 * kTileRows;
+  return {split_rows, thread_bytes > kL2Bytes && thread_rows > 2 * kTileRows};
+}
+
+// Steps [s0, s1) of `num_layers` stacked layers (layer l's x is layer l - 1's y; all share
+// T, B, offsets, s0, s1, num_threads and the partial scratch), as a wavefront: step s of
+// layer l runs right after step s of layer l - 1, whose output it reads. When every layer
+// splits its rows, a thread's rows depend on its own rows only (in time and across layers):
+// no barrier at all. Otherwise one barrier per layer and step, as layer by layer.
+void fused_forward(const FusedForwardArgs* layers, int64_t num_layers,
+                   const float* const* panels) {
+  ThreadPlan plans[kMaxWavefrontLayers];
+  bool barrier_free = true;
+  for (int64_t l = 0; l < num_layers; ++l) {
+    plans[l] = thread_plan(layers[l]);
+    barrier_free = barrier_free && plans[l].split_rows;
+  }
+  const FusedForwardArgs& a = layers[0];
   SpinBarrier barrier;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(a.num_threads)
   {
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
 #pragma omp single
     barrier.start(static_cast<int>(threads));
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
-    if (split_rows) {
-      const int64_t per = (a.B + threads - 1) / threads;
-      for (int64_t s = a.s0; s < a.s1; ++s) {
-        fused_step(a, panels, s, tid * per, imin(a.B, (tid + 1) * per), 0, groups, from_l3,
-                   partial);
-      }
-    } else {
-      const int64_t per = (groups + threads - 1) / threads;
-      const int64_t q_lo = imin(groups, tid * per), q_hi = imin(groups, q_lo + per);
-      for (int64_t s = a.s0; s < a.s1; ++s) {
-        fused_step(a, panels, s, 0, a.B, q_lo, q_hi, from_l3, partial);
-        barrier.wait();
+    const int64_t rows = (a.B + threads - 1) / threads;
+    const int64_t r_lo = imin(a.B, tid * rows), r_hi = imin(a.B, r_lo + rows);
+    for (int64_t s = a.s0; s < a.s1; ++s) {
+      for (int64_t l = 0; l < num_layers; ++l) {
+        const FusedForwardArgs& layer = layers[l];
+        const int64_t groups = num_groups(layer.H);
+        if (plans[l].split_rows) {
+          fused_step(layer, panels[l], s, r_lo, r_hi, 0, groups, plans[l].from_l3, partial);
+        } else {
+          const int64_t per = (groups + threads - 1) / threads;
+          const int64_t q_lo = imin(groups, tid * per), q_hi = imin(groups, q_lo + per);
+          fused_step(layer, panels[l], s, 0, a.B, q_lo, q_hi, plans[l].from_l3, partial);
+        }
+        if (!barrier_free) barrier.wait();
       }
     }
   }

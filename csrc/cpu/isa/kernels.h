@@ -77,10 +77,17 @@ struct GemmArgs {
   bool b_packed;  // the scratch already holds op(B), packed by an earlier call with this b
 };
 
+// Most layers one call of FusedKernels::forward runs.
+constexpr int64_t kMaxWavefrontLayers = 16;
+
 struct FusedKernels {
   int64_t (*panel_floats)(int64_t I, int64_t H, bool hoisted);
   void (*pack)(const FusedForwardArgs& args, float* panels);
-  void (*forward)(const FusedForwardArgs& args, const float* panels);
+  // Stacked layers, 1 <= num_layers <= kMaxWavefrontLayers, each with its packed panels:
+  // layer l > 0 reads layer l - 1's y as its x and is not hoisted; all layers share T, B,
+  // offsets, reverse, s0, s1, num_threads and the partial scratch.
+  void (*forward)(const FusedForwardArgs* layers, int64_t num_layers,
+                  const float* const* panels);
   // Panels of 4W columns of a row-major [K, N] matrix (W_hh for the backward).
   int64_t (*column_panel_floats)(int64_t K, int64_t N);
   void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);

@@ -1,0 +1,49 @@
+// The CPU forward of one layer, and the pieces of it that the stacked-layer forward
+// (lstm_stack_cpu.cpp) shares.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../ops.h"
+#include "isa/kernels.h"
+
+namespace fused_lstm::cpu {
+
+// The CPU kernel of fused_lstm::lstm_layer: (output, h_n, c_n, gates, cell).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
+    bool reverse, bool train);
+
+// At most 16 sequences: the input projection is hoisted out of the time loop into one GEMM,
+// and each step only streams W_hh. Larger batches reuse each weight panel over enough rows
+// that the per-step [x_t, h] @ [W_ih; W_hh]^T pass wins (and the projection buffer would not
+// stay in cache).
+bool hoist_projection(const LayerSizes& n);
+
+// Whether the layer runs the fused kernels (float32, no projection, kernels for this ISA).
+// They pack the weights on every call, one extra pass over them, and win per step and row
+// after that; with few steps and few rows the per-step library path is faster. Measured
+// here, forward and forward+backward, B = 1:
+//   - T = 1, H = 1024: 0.80 / 4.2 ms against 1.69 / 7.4 ms fused
+//   - T = 4, H = 256: 0.14 / 0.75 ms against 0.19 / 0.76 ms fused
+// From T = 8 (H = 256), or 32 rows at T = 1 (B = 32, H = 50: 0.11 ms fused against 0.20),
+// the fused kernels are ahead.
+bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bool proj);
+
+// The fused forward's arguments for all T steps of a layer (float32 tensors, contiguous;
+// cell only read when train); gates, gates_row0 and partial are left for the caller.
+FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
+                                    const at::Tensor& h0, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const at::Tensor& bias,
+                                    bool reverse, bool train, at::Tensor& output,
+                                    at::Tensor& cell, at::Tensor& c_n);
+
+// h_n [B, features] of a layer's output: each sequence's output at its own last step.
+at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse);
+
+}  // namespace fused_lstm::cpu

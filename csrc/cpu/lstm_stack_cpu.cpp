@@ -1,0 +1,99 @@
+// The CPU kernel of lstm_stack: unidirectional float32 layers without projections run as one
+// wavefront of the fused forward (isa/fused_forward.h), step s of every layer before step
+// s + 1 of any; everything else layer by layer (stack_layers, ops.h).
+//
+// Why: the layers' steps share one parallel region, and with the batch split across the
+// threads, a thread's rows of layer l + 1 read only its own rows of layer l, so no layer waits
+// for another thread; each step's output is read back from cache by the next layer; and the
+// call costs one op dispatch, not one per layer plus the glue between them.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../ops.h"
+#include "buffer_cache.h"
+#include "lstm_cpu.h"
+
+namespace fused_lstm::cpu {
+namespace {
+
+// Layer l's weights in lstm_stack's flat list, contiguous, with the two biases summed.
+struct StackWeights {
+  at::Tensor w_ih, w_hh, bias;
+};
+
+StackWeights layer_weights(at::TensorList weights, const StackLayout& s, int64_t l,
+                           const at::TensorOptions& opts, int64_t H) {
+  const at::Tensor* w = weights.data() + l * s.per;
+  return {w[0].contiguous(), w[1].contiguous(),
+          s.has_biases ? (w[2] + w[3]).contiguous() : at::zeros({4 * H}, opts)};
+}
+
+// Whether the stack runs as a wavefront: the fused kernels for every layer, no hoisted
+// projection (a layer's input arrives a step at a time), more than one layer.
+bool wavefront(const at::Tensor& input, const at::Tensor& c0, const StackLayout& s,
+               const FusedKernels& kernels, const std::optional<at::Tensor>& batch_sizes) {
+  if (s.directions != 1 || s.proj || s.layers < 2 || s.layers > kMaxWavefrontLayers ||
+      !kernels.forward || input.scalar_type() != at::kFloat || input.numel() == 0) {
+    return false;
+  }
+  // Every layer has the same rows, so the first layer's sizes decide for all of them.
+  LayerSizes n;
+  n.B = c0.size(1);
+  n.T = batch_sizes.has_value() ? batch_sizes->size(0) : input.size(0);
+  n.N = batch_sizes.has_value() ? input.size(0) : n.T * n.B;
+  return !hoist_projection(n) && use_fused(n, input, true, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
+    const at::Tensor& input_, const at::Tensor& h0_, const at::Tensor& c0,
+    at::TensorList weights, bool has_biases, int64_t num_layers, bool bidirectional,
+    const std::optional<at::Tensor>& batch_sizes) {
+  const StackLayout s = check_stack(h0_, c0, weights, has_biases, num_layers, bidirectional);
+  const FusedKernels kernels = fused_kernels();
+  if (!wavefront(input_, c0, s, kernels, batch_sizes)) {
+    return stack_layers(input_, h0_, c0, weights, has_biases, num_layers, bidirectional,
+                        batch_sizes);
+  }
+  const auto opts = input_.options();
+  const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
+  at::Tensor c_n = c0.contiguous().clone();  // the running c of every layer: c0 in, c_n out
+  std::vector<LayerSizes> sizes;
+  std::vector<StackWeights> w;
+  std::vector<at::Tensor> outputs, panels, c_layer, h0_layer;
+  std::vector<FusedForwardArgs> args;
+  std::vector<const float*> panel_ptrs;
+  at::Tensor no_cell;
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const at::Tensor x = l == 0 ? input : outputs.back();
+    h0_layer.push_back(h0[l]);
+    c_layer.push_back(c_n[l]);
+    w.push_back(layer_weights(weights, s, l, opts, c0.size(2)));
+    sizes.push_back(check_forward(x, h0_layer[l], c_layer[l], w[l].w_ih, w[l].w_hh, w[l].bias,
+                                  std::nullopt, batch_sizes));
+    const LayerSizes& n = sizes.back();
+    outputs.push_back(cached_empty(x.dim() == 3 ? std::vector<int64_t>{n.T, n.B, n.H}
+                                                : std::vector<int64_t>{n.N, n.H},
+                                   opts));
+    args.push_back(fused_forward_args(n, x, h0_layer[l], w[l].w_ih, w[l].w_hh, w[l].bias,
+                                      false, false, outputs[l], no_cell, c_layer[l]));
+    panels.push_back(cached_empty({kernels.panel_floats(n.I, n.H, false)}, opts));
+    kernels.pack(args[l], panels[l].data_ptr<float>());
+    panel_ptrs.push_back(panels[l].data_ptr<float>());
+  }
+  // The layers' offsets: sizes no longer grows, so its vectors stay where they are.
+  for (int64_t l = 0; l < s.layers; ++l) args[l].offsets = sizes[l].offsets.data();
+  at::Tensor partial = at::empty({args[0].num_threads * sizes[0].B * 64}, opts);
+  for (FusedForwardArgs& a : args) a.partial = partial.data_ptr<float>();
+  kernels.forward(args.data(), s.layers, panel_ptrs.data());
+  std::vector<at::Tensor> h_n;
+  for (int64_t l = 0; l < s.layers; ++l) h_n.push_back(last_hidden(sizes[l], outputs[l], false));
+  return {outputs.back(), at::stack(h_n), c_n};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_lstm, CPU, m) { m.impl("lstm_stack", &lstm_stack); }
+
+}  // namespace fused_lstm::cpu
