@@ -1,6 +1,8 @@
-// lstm_stack for every device: its checks, and the layer-by-layer loop over lstm_layer that
-// backends without a stacked kernel of their own run (registered CompositeExplicitAutograd;
-// the CPU's kernel in cpu/lstm_stack_cpu.cpp takes over on the CPU).
+// lstm_stack for every device: its checks, its autograd kernel, and the layer-by-layer loop
+// over lstm_layer. Under autograd the loop builds the graph from lstm_layer's own autograd
+// (one node per layer and direction, csrc/autograd.cpp); without gradients the op goes below
+// autograd, to the CPU's kernel (cpu/lstm_stack_cpu.cpp) or, on other backends, the same loop
+// (CompositeExplicitAutograd).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -14,10 +16,11 @@ StackLayout check_stack(const at::Tensor& h0, const at::Tensor& c0, at::TensorLi
                         bool has_biases, int64_t num_layers, bool bidirectional) {
   TORCH_CHECK(num_layers >= 1, "num_layers must be at least 1, got ", num_layers);
   const int64_t D = bidirectional ? 2 : 1, LD = num_layers * D;
-  TORCH_CHECK(h0.dim() == 3 && h0.size(0) == LD, "h0 must be 3-D (", LD,
-              " = layers * directions, B, P), got ", h0.sizes());
-  TORCH_CHECK(c0.dim() == 3 && c0.size(0) == LD, "c0 must be 3-D (", LD,
-              " = layers * directions, B, H), got ", c0.sizes());
+  // sym_size: under torch.compile the batch size may be symbolic (and unbacked).
+  TORCH_CHECK(h0.dim() == 3 && h0.sym_size(0) == LD, "h0 must be 3-D (", LD,
+              " = layers * directions, B, P), got ", h0.sym_sizes());
+  TORCH_CHECK(c0.dim() == 3 && c0.sym_size(0) == LD, "c0 must be 3-D (", LD,
+              " = layers * directions, B, H), got ", c0.sym_sizes());
   const int64_t plain = has_biases ? 4 : 2;
   const int64_t count = static_cast<int64_t>(weights.size());
   TORCH_CHECK(count == LD * plain || count == LD * (plain + 1), "weights must hold ", plain,
@@ -30,8 +33,8 @@ StackLayout check_stack(const at::Tensor& h0, const at::Tensor& c0, at::TensorLi
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_layers(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
-    at::TensorList weights, bool has_biases, int64_t num_layers, bool bidirectional,
-    const std::optional<at::Tensor>& batch_sizes) {
+    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
+    bool bidirectional, const std::optional<at::Tensor>& batch_sizes, bool keep_state) {
   const StackLayout s = check_stack(h0, c0, weights, has_biases, num_layers, bidirectional);
   static const auto op =
       c10::Dispatcher::singleton()
@@ -52,18 +55,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_layers(
       const std::optional<at::Tensor> w_hr =
           s.proj ? std::optional<at::Tensor>(w[s.per - 1]) : std::nullopt;
       auto [y, h, c, gates, cell] =
-          op.call(x, h0[k], c0[k], w[0], w[1], bias, w_hr, batch_sizes, d == 1, false);
+          op.call(x, h0[k], c0[k], w[0], w[1], bias, w_hr, batch_sizes, d == 1, keep_state);
       outputs.push_back(y);
       h_n.push_back(h);
       c_n.push_back(c);
     }
     x = s.directions == 2 ? at::cat(outputs, -1) : outputs[0];
+    if (train && dropout > 0 && l + 1 < s.layers) x = at::dropout(x, dropout, true);
   }
   return {x, at::stack(h_n), at::stack(c_n)};
 }
 
-TORCH_LIBRARY_IMPL(fused_lstm, CompositeExplicitAutograd, m) {
-  m.impl("lstm_stack", &stack_layers);
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_no_grad(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
+    bool bidirectional, const std::optional<at::Tensor>& batch_sizes) {
+  return stack_layers(input, h0, c0, weights, has_biases, num_layers, dropout, train,
+                      bidirectional, batch_sizes, false);
 }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack_autograd(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
+    bool bidirectional, const std::optional<at::Tensor>& batch_sizes) {
+  bool grad = input.requires_grad() || h0.requires_grad() || c0.requires_grad();
+  for (const at::Tensor& w : weights) grad = grad || w.requires_grad();
+  if (grad && at::GradMode::is_enabled()) {
+    return stack_layers(input, h0, c0, weights, has_biases, num_layers, dropout, train,
+                        bidirectional, batch_sizes, true);
+  }
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fused_lstm::lstm_stack", "")
+          .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+              const at::Tensor&, const at::Tensor&, const at::Tensor&, at::TensorList, bool,
+              int64_t, double, bool, bool, const std::optional<at::Tensor>&)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(input, h0, c0, weights, has_biases, num_layers, dropout, train, bidirectional,
+                 batch_sizes);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_lstm, CompositeExplicitAutograd, m) {
+  m.impl("lstm_stack", &lstm_stack_no_grad);
+}
+
+TORCH_LIBRARY_IMPL(fused_lstm, Autograd, m) { m.impl("lstm_stack", &lstm_stack_autograd); }
 
 }  // namespace fused_lstm

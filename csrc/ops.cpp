@@ -143,15 +143,17 @@ TORCH_LIBRARY(fused_lstm, m) {
       "bool input_grad) -> "
       "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
       "Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_bias)");
-  // Stacked layers, inference only (no gradient flows through it): nn.LSTM's forward in one
-  // call. `weights` in nn.LSTM's order, per layer and direction w_ih, w_hh, then b_ih, b_hh
-  // if has_biases, then w_hr with a projection; h0 [layers * directions, B, P], c0 [.., B, H].
-  // Returns output [rows, directions * P], h_n, c_n. On the CPU, unidirectional layers
-  // without projections run as one wavefront (csrc/cpu/lstm_stack_cpu.cpp).
+  // Stacked layers: nn.LSTM's forward in one call (aten::lstm's arguments). `weights` in
+  // nn.LSTM's order, per layer and direction w_ih, w_hh, then b_ih, b_hh if has_biases, then
+  // w_hr with a projection; h0 [layers * directions, B, P], c0 [.., B, H]; dropout on every
+  // layer's output but the last when `train`. Returns output [rows, directions * P], h_n,
+  // c_n. Without gradients, unidirectional CPU layers without projections run as one
+  // wavefront (csrc/cpu/lstm_stack_cpu.cpp); with them, the layers are lstm_layer calls
+  // (csrc/lstm_stack.cpp).
   m.def(
       "lstm_stack(Tensor input, Tensor h0, Tensor c0, Tensor[] weights, bool has_biases, "
-      "int num_layers, bool bidirectional, Tensor? batch_sizes) -> (Tensor output, "
-      "Tensor h_n, Tensor c_n)");
+      "int num_layers, float dropout, bool train, bool bidirectional, Tensor? batch_sizes) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n)");
   // op(a) @ op(b) + beta * c (c absent: zeros), op(x) = x^T when trans_x: the GEMM the CPU
   // layers run over all rows (the input projection, dx, weight gradients), for the tests and
   // the benchmark. k_block > 0 sums every block of that many terms from zero (the weight

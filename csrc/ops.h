@@ -75,11 +75,12 @@ struct StackLayout {
 StackLayout check_stack(const at::Tensor& h0, const at::Tensor& c0, at::TensorList weights,
                         bool has_biases, int64_t num_layers, bool bidirectional);
 
-// lstm_stack layer by layer through the dispatcher's lstm_layer (any device).
+// lstm_stack layer by layer through the dispatcher's lstm_layer (any device): under autograd
+// (keep_state: each layer keeps what its backward needs), or below it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_layers(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
-    at::TensorList weights, bool has_biases, int64_t num_layers, bool bidirectional,
-    const std::optional<at::Tensor>& batch_sizes);
+    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
+    bool bidirectional, const std::optional<at::Tensor>& batch_sizes, bool keep_state);
 
 // Rows per GEMM when a weight gradient is summed over rows (dW = dgates^T @ h over N rows).
 // BLAS sums a GEMM's k terms in one chain (up to its own k block of a few hundred), which for

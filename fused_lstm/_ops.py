@@ -121,8 +121,8 @@ if HAS_EXTENSION:
         )
 
     @torch.library.register_fake("fused_lstm::lstm_stack")
-    def _lstm_stack_fake(input, h0, c0, weights, has_biases, num_layers, bidirectional,
-                         batch_sizes):
+    def _lstm_stack_fake(input, h0, c0, weights, has_biases, num_layers, dropout, train,
+                         bidirectional, batch_sizes):
         directions = 2 if bidirectional else 1
         return (
             input.new_empty(tuple(input.shape[:-1]) + (directions * h0.shape[2],)),
@@ -172,12 +172,15 @@ def lstm_stack(
     weights: List[Tensor],
     has_biases: bool,
     num_layers: int,
+    dropout: float = 0.0,
+    train: bool = False,
     bidirectional: bool = False,
     batch_sizes: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """All layers of an LSTM for inference (no gradient flows through it): ``(output, h_n,
-    c_n)`` as ``nn.LSTM`` returns them, for time-major ``input`` ``(T, B, I)`` or packed rows
-    ``(N, I)`` with ``batch_sizes``. ``weights`` are ``nn.LSTM``'s flat weights in its order;
-    ``h0`` is ``(num_layers * directions, B, P)``, ``c0`` ``(..., B, H)``."""
+    """All layers of an LSTM: ``(output, h_n, c_n)`` as ``nn.LSTM`` returns them, for
+    time-major ``input`` ``(T, B, I)`` or packed rows ``(N, I)`` with ``batch_sizes``.
+    ``weights`` are ``nn.LSTM``'s flat weights in its order; ``h0`` is
+    ``(num_layers * directions, B, P)``, ``c0`` ``(..., B, H)``; ``dropout`` applies to every
+    layer's output but the last when ``train``. Differentiable."""
     return torch.ops.fused_lstm.lstm_stack(input, h0, c0, weights, has_biases, num_layers,
-                                           bidirectional, batch_sizes)
+                                           dropout, train, bidirectional, batch_sizes)

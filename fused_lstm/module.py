@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks, _ops
+from .reference import reference_lstm_layer
 
 
 class FusedLSTM(nn.Module):
@@ -206,44 +207,45 @@ class FusedLSTM(nn.Module):
         self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor], flat: List[Tensor]
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """All layers and directions on time-major ``(T, B, I)`` or packed ``(N, I)`` rows."""
-        # Keep per-step state for backward only when a gradient can be taken.
-        train = torch.is_grad_enabled() and (
-            x.requires_grad or h0.requires_grad or c0.requires_grad
-            or any(p.requires_grad for p in flat)
-        )
         # Half precision runs the float32 kernels: float32 accumulation and cell state.
         dtype = x.dtype
         upcast = dtype in _checks.UPCAST_DTYPES
         cast = (lambda t: t.float()) if upcast else (lambda t: t)
         x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
-        dropout = self.dropout > 0 and self.training and self.num_layers > 1
-        if not train and not dropout and _ops.HAS_EXTENSION:
-            # Inference: every layer in one op call (on the CPU one wavefront, see lstm_stack).
-            output, h_n, c_n = _ops.lstm_stack(x, h0, c0, [cast(w) for w in flat], self.bias,
-                                               self.num_layers, self.bidirectional, batch_sizes)
-            if upcast:
-                return output.to(dtype), h_n.to(dtype), c_n.to(dtype)
-            return output, h_n, c_n
+        weights = [cast(w) for w in flat]
+        if _ops.HAS_EXTENSION:
+            # Every layer in one op call; its autograd kernel (C++) takes lstm_layer's per
+            # layer when a gradient is needed, else the layers run as one wavefront on the CPU.
+            x, h_n, c_n = _ops.lstm_stack(x, h0, c0, weights, self.bias, self.num_layers,
+                                          self.dropout, self.training, self.bidirectional,
+                                          batch_sizes)
+        else:
+            x, h_n, c_n = self._reference_layers(x, h0, c0, batch_sizes, weights)
+        if upcast:
+            return x.to(dtype), h_n.to(dtype), c_n.to(dtype)
+        return x, h_n, c_n
+
+    def _reference_layers(
+        self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor],
+        flat: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """lstm_stack's loop in Python over the pure-PyTorch reference (no extension)."""
         D = self.num_directions
         all_weights = self._group_weights(flat)
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
-                weights = [cast(w) for w in all_weights[layer * D + direction]]
-                w_ih, w_hh = weights[0], weights[1]
+                weights = all_weights[layer * D + direction]
                 bias = weights[2] + weights[3] if self.bias else None
                 w_hr = weights[-1] if self.proj_size else None
                 k = layer * D + direction
-                out, h, c = _ops.lstm_layer(x, h0[k], c0[k], w_ih, w_hh, bias, w_hr, batch_sizes,
-                                            direction == 1, train)
+                out, h, c = reference_lstm_layer(x, h0[k], c0[k], weights[0], weights[1], bias,
+                                                 w_hr, batch_sizes, direction == 1)
                 outputs.append(out)
                 h_n.append(h)
                 c_n.append(c)
             x = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
-            if dropout and layer < self.num_layers - 1:
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, p=self.dropout, training=True)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if upcast:
-            return x.to(dtype), h_n.to(dtype), c_n.to(dtype)
-        return x, h_n, c_n
+        return x, torch.stack(h_n), torch.stack(c_n)

@@ -1,5 +1,6 @@
-"""torch.ops.fused_lstm.lstm_stack, the inference op that runs every layer in one call (on
-the CPU, unidirectional float32 layers without projections as one wavefront)."""
+"""torch.ops.fused_lstm.lstm_stack, FusedLSTM's one op for all its layers: with gradients a
+chain of lstm_layer calls, without them (on the CPU, unidirectional float32 layers without
+projections) one wavefront."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -23,13 +24,14 @@ def stack_args(T, B, I, H, layers, bias=True, bidirectional=False, P=0, lengths=
         x, batch_sizes, B = packed.data, packed.batch_sizes, len(lengths)
     weights = [w.detach() for w in fused.parameters()]
     return (x, torch.randn(LD, B, Ph, dtype=dtype), torch.randn(LD, B, H, dtype=dtype), weights,
-            bias, layers, bidirectional, batch_sizes)
+            bias, layers, 0.0, False, bidirectional, batch_sizes)
 
 
-def layer_by_layer(x, h0, c0, weights, bias, layers, bidirectional, batch_sizes):
+def layer_by_layer(x, h0, c0, weights, bias, layers, dropout, train, bidirectional, batch_sizes):
     """The same stack through one lstm_layer call per layer and direction."""
     D = 2 if bidirectional else 1
     per = len(weights) // (layers * D)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in [x, h0, c0, *weights])
     h_n, c_n = [], []
     for layer in range(layers):
         outputs = []
@@ -39,7 +41,7 @@ def layer_by_layer(x, h0, c0, weights, bias, layers, bidirectional, batch_sizes)
             b = w[2] + w[3] if bias else None
             w_hr = w[-1] if per in (3, 5) else None
             out, h, c, _, _ = torch.ops.fused_lstm.lstm_layer(x, h0[k], c0[k], w[0], w[1], b,
-                                                              w_hr, batch_sizes, d == 1, False)
+                                                              w_hr, batch_sizes, d == 1, keep)
             outputs.append(out)
             h_n.append(h)
             c_n.append(c)
@@ -88,23 +90,62 @@ def test_module_inference_within_2x_of_nn_lstm():
     assert_within_2x(flat(want), flat(base), flat(got), torch.float32, ["output", "h_n", "c_n"])
 
 
-def test_module_uses_stack_only_without_gradients(monkeypatch):
-    calls = []
-    monkeypatch.setattr(fused_lstm._ops, "lstm_stack",
-                        lambda *a: calls.append(1) or torch.ops.fused_lstm.lstm_stack(*a))
-    lstm = fused_lstm.FusedLSTM(4, 8, num_layers=2, dropout=0.5)
-    x = torch.randn(10, 3, 4)
-    lstm(x)[0].sum().backward()  # training: lstm_layer with autograd
-    with torch.no_grad():
-        lstm.train()(x)  # dropout between layers still applies: layer by layer
-        assert not calls
-        lstm.eval()(x)
-    assert calls == [1]
+def with_dropout(layer_by_layer_fn):
+    """layer_by_layer with F.dropout on every layer's output but the last, as nn.LSTM."""
+    def run(x, h0, c0, weights, bias, layers, dropout, train, bidirectional, batch_sizes):
+        D = 2 if bidirectional else 1
+        per = len(weights) // (layers * D)
+        h_n, c_n = [], []
+        for layer in range(layers):
+            k = layer * D
+            x, h, c = layer_by_layer_fn(x, h0[k:k + D], c0[k:k + D],
+                                        weights[k * per:(k + D) * per], bias, 1, 0.0, False,
+                                        bidirectional, batch_sizes)
+            h_n.append(h)
+            c_n.append(c)
+            if layer + 1 < layers:
+                x = torch.nn.functional.dropout(x, dropout, train)
+        return x, torch.cat(h_n), torch.cat(c_n)
+    return run
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_dropout_same_as_layer_by_layer(grad):
+    """Dropout between layers in training mode draws the same masks as F.dropout would, with
+    and without gradients; with them, the gradients match too."""
+    args = list(stack_args(T=10, B=24, I=6, H=10, layers=3))
+    args[6:8] = [0.4, True]
+    leaves = [args[0]] + args[3] if grad else []
+    for leaf in leaves:
+        leaf.requires_grad_()
+    torch.manual_seed(1)
+    got = torch.ops.fused_lstm.lstm_stack(*args)
+    torch.manual_seed(1)
+    want = with_dropout(layer_by_layer)(*args)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=0, rtol=0)
+    if grad:
+        loss = lambda out: sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in out)
+        for g, w in zip(torch.autograd.grad(loss(got), leaves), torch.autograd.grad(loss(want), leaves)):
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", [dict(bidirectional=True), dict(P=2), dict(lengths=[5, 3, 3, 1])])
+def test_gradcheck(case):
+    args = list(stack_args(T=4, B=3, I=3, H=3, layers=2, dtype=torch.float64, **case))
+    args[3] = [w.requires_grad_() for w in args[3]]
+    x, h0, c0 = (t.requires_grad_() for t in args[:3])
+    fn = lambda x, h0, c0, *w: torch.ops.fused_lstm.lstm_stack(x, h0, c0, list(w), *args[4:])
+    assert torch.autograd.gradcheck(fn, [x, h0, c0] + args[3])
+
+
+@pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4], CASES[5]])
-def test_opcheck(case):
-    torch.library.opcheck(torch.ops.fused_lstm.lstm_stack.default, stack_args(**case))
+def test_opcheck(case, grad):
+    args = stack_args(**case)
+    for t in [args[0], *args[3]] if grad else []:
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.fused_lstm.lstm_stack.default, args)
 
 
 @pytest.mark.parametrize("change,match", [

@@ -1,6 +1,7 @@
 // The CPU kernel of lstm_stack: unidirectional float32 layers without projections run as one
 // wavefront of the fused forward (isa/fused_forward.h), step s of every layer before step
-// s + 1 of any; everything else layer by layer (stack_layers, ops.h).
+// s + 1 of any; everything else layer by layer (stack_layers, ops.h). Only below autograd:
+// with gradients, lstm_stack's autograd kernel runs the layers itself (csrc/lstm_stack.cpp).
 //
 // Why: the layers' steps share one parallel region, and with the batch split across the
 // threads, a thread's rows of layer l + 1 read only its own rows of layer l, so no layer waits
@@ -48,13 +49,13 @@ bool wavefront(const at::Tensor& input, const at::Tensor& c0, const StackLayout&
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
     const at::Tensor& input_, const at::Tensor& h0_, const at::Tensor& c0,
-    at::TensorList weights, bool has_biases, int64_t num_layers, bool bidirectional,
-    const std::optional<at::Tensor>& batch_sizes) {
+    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
+    bool bidirectional, const std::optional<at::Tensor>& batch_sizes) {
   const StackLayout s = check_stack(h0_, c0, weights, has_biases, num_layers, bidirectional);
   const FusedKernels kernels = fused_kernels();
-  if (!wavefront(input_, c0, s, kernels, batch_sizes)) {
-    return stack_layers(input_, h0_, c0, weights, has_biases, num_layers, bidirectional,
-                        batch_sizes);
+  if ((train && dropout > 0) || !wavefront(input_, c0, s, kernels, batch_sizes)) {
+    return stack_layers(input_, h0_, c0, weights, has_biases, num_layers, dropout, train,
+                        bidirectional, batch_sizes, false);
   }
   const auto opts = input_.options();
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
