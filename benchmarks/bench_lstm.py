@@ -218,10 +218,12 @@ def main() -> None:
     shapes = ([(tuple(int(v) for v in s.split(",")), "custom") for s in args.shape]
               if args.shape else (CUDA_SHAPES if args.device == "cuda" else SHAPES))
     threads = torch.get_num_threads()
-    # The best of a few short measurements: one can land on a moment the (shared) machine is
-    # busy, and a low peak would inflate every "% of peak".
-    peak = (max(fused_lstm.fma_peak_gflops(threads) or 0.0 for _ in range(5)) or None
-            if args.device == "cpu" else None)
+    # The FMA peak is read before the first shape and after each one: the machine may be
+    # shared and its speed can change within a run, and one reading can land on a busy
+    # moment. "% of peak" is against the highest reading of the run (conservative: a low
+    # reading would inflate every percentage).
+    read_peak = lambda n: [fused_lstm.fma_peak_gflops(threads) or 0.0 for _ in range(n)]
+    readings = read_peak(5) if args.device == "cpu" else []
     print(f"torch {torch.__version__}, fused_lstm backend {fused_lstm.backend()}, CPU ISA "
           f"{fused_lstm.cpu_isa()}, {threads} threads, float32")
     if args.device == "cpu":
@@ -233,8 +235,6 @@ def main() -> None:
     else:
         print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
               "kernels, against cuDNN nn.LSTM")
-    print(f"measured fp32 FMA peak: {peak:.0f} GFLOP/s" if peak else "FMA peak: not measured "
-          "(generic build)")
     print(f"{args.blocks} blocks x up to {args.repeats} repeats per implementation, alternating; "
           "median per block, best block")
     rows = []
@@ -245,6 +245,11 @@ def main() -> None:
             result["mem_torch"] = training_peak_memory(shape, "torch")
             result["mem_fused"] = training_peak_memory(shape, "fused")
         rows.append((shape, what, result))
+        readings += read_peak(3) if readings else []
+    peak = max(readings) if readings and max(readings) > 0 else None
+    print(f"measured fp32 FMA peak: {peak:.0f} GFLOP/s, the highest of {len(readings)} readings "
+          f"during the run (lowest {min(readings):.0f})" if peak else
+          "FMA peak: not measured (generic build or GPU)")
     print_table(rows, peak)
     if args.plot:
         save_plot(rows, args.plot)
