@@ -11,7 +11,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .reference import reference_lstm_layer
+from .reference import reference_lstm_layer, reference_lstm_stack
 
 _BACKEND_ENV = "FUSED_LSTM_BACKEND"
 
@@ -182,5 +182,8 @@ def lstm_stack(
     ``weights`` are ``nn.LSTM``'s flat weights in its order; ``h0`` is
     ``(num_layers * directions, B, P)``, ``c0`` ``(..., B, H)``; ``dropout`` applies to every
     layer's output but the last when ``train``. Differentiable."""
+    if not HAS_EXTENSION:
+        return reference_lstm_stack(input, h0, c0, weights, has_biases, num_layers, dropout,
+                                    train, bidirectional, batch_sizes)
     return torch.ops.fused_lstm.lstm_stack(input, h0, c0, weights, has_biases, num_layers,
                                            dropout, train, bidirectional, batch_sizes)

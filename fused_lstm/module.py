@@ -4,12 +4,10 @@ import warnings
 from typing import Iterator, List, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _checks, _ops
-from .reference import reference_lstm_layer
 
 
 class FusedLSTM(nn.Module):
@@ -213,39 +211,11 @@ class FusedLSTM(nn.Module):
         cast = (lambda t: t.float()) if upcast else (lambda t: t)
         x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
         weights = [cast(w) for w in flat]
-        if _ops.HAS_EXTENSION:
-            # Every layer in one op call; its autograd kernel (C++) takes lstm_layer's per
-            # layer when a gradient is needed, else the layers run as one wavefront on the CPU.
-            x, h_n, c_n = _ops.lstm_stack(x, h0, c0, weights, self.bias, self.num_layers,
-                                          self.dropout, self.training, self.bidirectional,
-                                          batch_sizes)
-        else:
-            x, h_n, c_n = self._reference_layers(x, h0, c0, batch_sizes, weights)
+        # Every layer in one op call; its autograd kernel (C++) takes lstm_layer's per layer
+        # when a gradient is needed, else the layers run as one wavefront on the CPU.
+        x, h_n, c_n = _ops.lstm_stack(x, h0, c0, weights, self.bias, self.num_layers,
+                                      self.dropout, self.training, self.bidirectional,
+                                      batch_sizes)
         if upcast:
             return x.to(dtype), h_n.to(dtype), c_n.to(dtype)
         return x, h_n, c_n
-
-    def _reference_layers(
-        self, x: Tensor, h0: Tensor, c0: Tensor, batch_sizes: Optional[Tensor],
-        flat: List[Tensor]
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """lstm_stack's loop in Python over the pure-PyTorch reference (no extension)."""
-        D = self.num_directions
-        all_weights = self._group_weights(flat)
-        h_n, c_n = [], []
-        for layer in range(self.num_layers):
-            outputs = []
-            for direction in range(D):
-                weights = all_weights[layer * D + direction]
-                bias = weights[2] + weights[3] if self.bias else None
-                w_hr = weights[-1] if self.proj_size else None
-                k = layer * D + direction
-                out, h, c = reference_lstm_layer(x, h0[k], c0[k], weights[0], weights[1], bias,
-                                                 w_hr, batch_sizes, direction == 1)
-                outputs.append(out)
-                h_n.append(h)
-                c_n.append(c)
-            x = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]
-            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, p=self.dropout, training=True)
-        return x, torch.stack(h_n), torch.stack(c_n)

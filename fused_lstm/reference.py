@@ -3,7 +3,7 @@
 Tests check the compiled ops against this (and against ``torch.nn.LSTM``); ``FusedLSTM``
 runs it when the compiled extension cannot be loaded. Autograd differentiates it.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -68,3 +68,39 @@ def reference_lstm_layer(
     if not packed:
         output = output.reshape(len(sizes), -1, output.shape[-1])
     return output, h, c
+
+
+def reference_lstm_stack(
+    input: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    weights: List[Tensor],
+    has_biases: bool,
+    num_layers: int,
+    dropout: float = 0.0,
+    train: bool = False,
+    bidirectional: bool = False,
+    batch_sizes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Stacked layers as ``nn.LSTM`` runs them (arguments as ``fused_lstm.lstm_stack``): each
+    layer's output, both directions concatenated, is the next one's input, with dropout on
+    all but the last layer's output when ``train``."""
+    D = 2 if bidirectional else 1
+    per = len(weights) // (num_layers * D)
+    proj = per == (5 if has_biases else 3)
+    x, h_n, c_n = input, [], []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(D):
+            k = layer * D + direction
+            w = weights[k * per:(k + 1) * per]
+            bias = w[2] + w[3] if has_biases else None
+            out, h, c = reference_lstm_layer(x, h0[k], c0[k], w[0], w[1], bias,
+                                             w[-1] if proj else None, batch_sizes, direction == 1)
+            outputs.append(out)
+            h_n.append(h)
+            c_n.append(c)
+        x = torch.cat(outputs, dim=-1)
+        if dropout > 0 and train and layer + 1 < num_layers:
+            x = torch.nn.functional.dropout(x, p=dropout, training=True)
+    return x, torch.stack(h_n), torch.stack(c_n)

@@ -160,3 +160,12 @@ def test_bad_arguments(change, match):
     change(args)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fused_lstm.lstm_stack(*args)
+
+
+@pytest.mark.parametrize("case", [dict(bidirectional=True, P=2), dict(lengths=[6, 4, 4, 1]),
+                                  dict(bias=False)])
+def test_matches_reference(case):
+    """The op against fused_lstm.reference_lstm_stack, the plain-PyTorch statement of it."""
+    args = stack_args(T=6, B=4, I=5, H=4, layers=3, dtype=torch.float64, **case)
+    for got, want in zip(torch.ops.fused_lstm.lstm_stack(*args), fused_lstm.reference_lstm_stack(*args)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
