@@ -28,7 +28,8 @@ def stack_args(T, B, I, H, layers, bias=True, bidirectional=False, P=0, lengths=
 
 
 def layer_by_layer(x, h0, c0, weights, bias, layers, dropout, train, bidirectional, batch_sizes):
-    """The same stack through one lstm_layer call per layer and direction."""
+    """The same stack through one lstm_layer call per layer and direction, with F.dropout on
+    every layer's output but the last when training, as nn.LSTM."""
     D = 2 if bidirectional else 1
     per = len(weights) // (layers * D)
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in [x, h0, c0, *weights])
@@ -46,6 +47,8 @@ def layer_by_layer(x, h0, c0, weights, bias, layers, dropout, train, bidirection
             h_n.append(h)
             c_n.append(c)
         x = torch.cat(outputs, -1)
+        if layer + 1 < layers:
+            x = torch.nn.functional.dropout(x, dropout, train)
     return x, torch.stack(h_n), torch.stack(c_n)
 
 
@@ -90,25 +93,6 @@ def test_module_inference_within_2x_of_nn_lstm():
     assert_within_2x(flat(want), flat(base), flat(got), torch.float32, ["output", "h_n", "c_n"])
 
 
-def with_dropout(layer_by_layer_fn):
-    """layer_by_layer with F.dropout on every layer's output but the last, as nn.LSTM."""
-    def run(x, h0, c0, weights, bias, layers, dropout, train, bidirectional, batch_sizes):
-        D = 2 if bidirectional else 1
-        per = len(weights) // (layers * D)
-        h_n, c_n = [], []
-        for layer in range(layers):
-            k = layer * D
-            x, h, c = layer_by_layer_fn(x, h0[k:k + D], c0[k:k + D],
-                                        weights[k * per:(k + D) * per], bias, 1, 0.0, False,
-                                        bidirectional, batch_sizes)
-            h_n.append(h)
-            c_n.append(c)
-            if layer + 1 < layers:
-                x = torch.nn.functional.dropout(x, dropout, train)
-        return x, torch.cat(h_n), torch.cat(c_n)
-    return run
-
-
 @pytest.mark.parametrize("grad", [False, True])
 def test_dropout_same_as_layer_by_layer(grad):
     """Dropout between layers in training mode draws the same masks as F.dropout would, with
@@ -121,7 +105,7 @@ def test_dropout_same_as_layer_by_layer(grad):
     torch.manual_seed(1)
     got = torch.ops.fused_lstm.lstm_stack(*args)
     torch.manual_seed(1)
-    want = with_dropout(layer_by_layer)(*args)
+    want = layer_by_layer(*args)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
     if grad:

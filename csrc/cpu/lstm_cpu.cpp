@@ -57,8 +57,8 @@ bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bo
 FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
                                     const at::Tensor& h0, const at::Tensor& w_ih,
                                     const at::Tensor& w_hh, const at::Tensor& bias,
-                                    bool reverse, bool train, at::Tensor& output,
-                                    at::Tensor& cell, at::Tensor& c_n) {
+                                    bool reverse, bool train, const at::Tensor& output,
+                                    const at::Tensor& cell, const at::Tensor& c_n) {
   return {n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoist_projection(n), 0, n.T,
           input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
           bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
@@ -126,8 +126,6 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
   return last_hidden(n, output, reverse);
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
     const at::Tensor& input_, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih_,
     const at::Tensor& w_hh_, const std::optional<at::Tensor>& bias_,
@@ -173,8 +171,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_laye
   });
   return {output, h_n, c_n, gates, cell};
 }
-
-namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 lstm_layer_backward(const std::optional<at::Tensor>& grad_output,

@@ -1,23 +1,13 @@
-// The CPU forward of one layer, and the pieces of it that the stacked-layer forward
+// The pieces of the CPU forward of one layer (lstm_cpu.cpp) that the stacked-layer forward
 // (lstm_stack_cpu.cpp) shares.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <optional>
-#include <tuple>
-
 #include "../ops.h"
 #include "isa/kernels.h"
 
 namespace fused_lstm::cpu {
-
-// The CPU kernel of fused_lstm::lstm_layer: (output, h_n, c_n, gates, cell).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer(
-    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& w_hr, const std::optional<at::Tensor>& batch_sizes,
-    bool reverse, bool train);
 
 // At most 16 sequences: the input projection is hoisted out of the time loop into one GEMM,
 // and each step only streams W_hh. Larger batches reuse each weight panel over enough rows
@@ -40,8 +30,8 @@ bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bo
 FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
                                     const at::Tensor& h0, const at::Tensor& w_ih,
                                     const at::Tensor& w_hh, const at::Tensor& bias,
-                                    bool reverse, bool train, at::Tensor& output,
-                                    at::Tensor& cell, at::Tensor& c_n);
+                                    bool reverse, bool train, const at::Tensor& output,
+                                    const at::Tensor& cell, const at::Tensor& c_n);
 
 // h_n [B, features] of a layer's output: each sequence's output at its own last step.
 at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse);

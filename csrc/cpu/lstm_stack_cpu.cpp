@@ -61,30 +61,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   at::Tensor c_n = c0.contiguous().clone();  // the running c of every layer: c0 in, c_n out
   std::vector<LayerSizes> sizes;
+  sizes.reserve(s.layers);  // the layers' args point into their offsets
   std::vector<StackWeights> w;
-  std::vector<at::Tensor> outputs, panels, c_layer, h0_layer;
+  std::vector<at::Tensor> outputs, panels;
   std::vector<FusedForwardArgs> args;
   std::vector<const float*> panel_ptrs;
-  at::Tensor no_cell;
   for (int64_t l = 0; l < s.layers; ++l) {
     const at::Tensor x = l == 0 ? input : outputs.back();
-    h0_layer.push_back(h0[l]);
-    c_layer.push_back(c_n[l]);
     w.push_back(layer_weights(weights, s, l, opts, c0.size(2)));
-    sizes.push_back(check_forward(x, h0_layer[l], c_layer[l], w[l].w_ih, w[l].w_hh, w[l].bias,
-                                  std::nullopt, batch_sizes));
-    const LayerSizes& n = sizes.back();
-    outputs.push_back(cached_empty(x.dim() == 3 ? std::vector<int64_t>{n.T, n.B, n.H}
-                                                : std::vector<int64_t>{n.N, n.H},
-                                   opts));
-    args.push_back(fused_forward_args(n, x, h0_layer[l], w[l].w_ih, w[l].w_hh, w[l].bias,
-                                      false, false, outputs[l], no_cell, c_layer[l]));
+    const LayerSizes& n = sizes.emplace_back(check_forward(
+        x, h0[l], c_n[l], w[l].w_ih, w[l].w_hh, w[l].bias, std::nullopt, batch_sizes));
+    std::vector<int64_t> rows = x.sizes().vec();
+    rows.back() = n.H;
+    outputs.push_back(cached_empty(rows, opts));
+    args.push_back(fused_forward_args(n, x, h0[l], w[l].w_ih, w[l].w_hh, w[l].bias, false,
+                                      false, outputs[l], at::Tensor(), c_n[l]));
     panels.push_back(cached_empty({kernels.panel_floats(n.I, n.H, false)}, opts));
     kernels.pack(args[l], panels[l].data_ptr<float>());
     panel_ptrs.push_back(panels[l].data_ptr<float>());
   }
-  // The layers' offsets: sizes no longer grows, so its vectors stay where they are.
-  for (int64_t l = 0; l < s.layers; ++l) args[l].offsets = sizes[l].offsets.data();
   at::Tensor partial = at::empty({args[0].num_threads * sizes[0].B * 64}, opts);
   for (FusedForwardArgs& a : args) a.partial = partial.data_ptr<float>();
   kernels.forward(args.data(), s.layers, panel_ptrs.data());
