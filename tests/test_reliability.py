@@ -132,8 +132,9 @@ def peak_rss_growth(fn):
 @pytest.mark.parametrize("batch", [1, 64])  # hoisted projection (chunked) and per-step tiles
 def test_inference_keeps_no_per_step_state(batch):
     """T = 100,000 under no_grad: the peak is the output plus a bounded workspace (the
-    hoisted projection runs in chunks of at most 4 MB) and allocator slack, nothing per
-    step: what training keeps (gates and cell states) would be 5x the output."""
+    hoisted projection runs in chunks of 4 MB, or of the layer's weights' size where that is
+    larger) and allocator slack, nothing per step: what training keeps (gates and cell
+    states) would be 5x the output."""
     T, I, H = 100_000 // batch, 4, 16
     fused = FusedLSTM(I, H)
     x = torch.randn(T, batch, I)
