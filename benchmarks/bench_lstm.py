@@ -9,6 +9,9 @@ on small machines and flatter FusedLSTM, so it is not done.
     python benchmarks/bench_lstm.py --shape 50,32,50,50,2 --plot speedups.png
 """
 import argparse
+import ctypes
+import ctypes.util
+import resource
 import statistics
 import time
 from typing import Callable, Dict, List, Tuple
@@ -64,28 +67,51 @@ def timer(device: str) -> Callable[[Callable[[], None]], float]:
     return cuda_time
 
 
+def page_faults() -> int:
+    """Minor page faults of this process so far (all threads)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_block(fn: Callable[[], None], repeats: int, warmup: int, budget_s: float = 1.0,
-               device: str = "cpu") -> float:
+               device: str = "cpu") -> Tuple[float, float]:
     """Median seconds of up to `repeats` back-to-back calls (at least 5, fewer when a call is
-    slow enough that the block would exceed `budget_s`) after `warmup` calls."""
+    slow enough that the block would exceed `budget_s`) after `warmup` calls, and the minor
+    page faults per call over them."""
     start = time.perf_counter()
     for _ in range(warmup):
         fn()
     per_call = (time.perf_counter() - start) / max(warmup, 1)
     repeats = max(5, min(repeats, int(budget_s / max(per_call, 1e-9))))
     measure = timer(device)
-    return statistics.median(measure(fn) for _ in range(repeats))
+    faults = page_faults()
+    seconds = statistics.median(measure(fn) for _ in range(repeats))
+    return seconds, (page_faults() - faults) / repeats
 
 
 def race(fns: Dict[str, Callable[[], None]], blocks: int, repeats: int, warmup: int,
-         device: str = "cpu") -> Dict[str, float]:
-    """Best block median per implementation, blocks alternating between implementations."""
-    best = {name: float("inf") for name in fns}
+         device: str = "cpu") -> Dict[str, Tuple[float, float]]:
+    """Per implementation its best block: (median seconds, page faults per call), blocks
+    alternating between implementations."""
+    best = {name: (float("inf"), 0.0) for name in fns}
     for block in range(blocks):
         order = list(fns) if block % 2 == 0 else list(reversed(fns))
         for name in order:
             best[name] = min(best[name], time_block(fns[name], repeats, warmup, device=device))
     return best
+
+
+def steady_malloc() -> None:
+    """Keeps freed memory in glibc's heap instead of returning it to the OS. By default glibc
+    maps large blocks fresh and trims the heap top, so a call whose buffers go back to the OS
+    faults them in again on the next call (nn.LSTM's training step at the stock shape: ~1,400
+    faults per call in a fresh process, 1.5-2x its time); how often that happens depends on
+    what the process allocated before. FusedLSTM keeps its buffers (csrc/cpu/buffer_cache.cpp)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's mallopt parameters
+    for param, value in ((m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20),
+                         (m_mmap_threshold, 32 << 20)):  # 32 MB: glibc's largest threshold
+        if not libc.mallopt(param, value):
+            raise RuntimeError(f"mallopt({param}, {value}) failed")
 
 
 def bench_shape(shape, blocks: int, repeats: int, warmup: int, device: str = "cpu") -> Dict[str, float]:
@@ -113,10 +139,11 @@ def bench_shape(shape, blocks: int, repeats: int, warmup: int, device: str = "cp
                  repeats, warmup, device)
     flops = lstm_flops(T, B, I, H, layers)
     return {
-        "fwd_torch": fwd["torch"], "fwd_fused": fwd["fused"],
-        "train_torch": train["torch"], "train_fused": train["fused"],
-        "gflops_fwd_fused": flops / fwd["fused"] / 1e9,
-        "gflops_fwd_torch": flops / fwd["torch"] / 1e9,
+        "fwd_torch": fwd["torch"][0], "fwd_fused": fwd["fused"][0],
+        "train_torch": train["torch"][0], "train_fused": train["fused"][0],
+        "faults_torch": train["torch"][1], "faults_fused": train["fused"][1],
+        "gflops_fwd_fused": flops / fwd["fused"][0] / 1e9,
+        "gflops_fwd_torch": flops / fwd["torch"][0] / 1e9,
     }
 
 
@@ -153,7 +180,7 @@ def training_peak_memory(shape, impl: str) -> float:
 def print_table(rows, peak: float) -> None:
     header = ("shape (T,B,I,H,L)", "what", "fwd torch ms", "fwd fused ms", "fwd speedup",
               "fwd GF/s fused (% peak)", "f+b torch ms", "f+b fused ms", "f+b speedup",
-              "train peak MB torch / fused")
+              "f+b page faults/call torch / fused", "train peak MB torch / fused")
     lines = [header]
     for shape, what, r in rows:
         memory = (f"{r['mem_torch']:.1f} / {r['mem_fused']:.1f}" if "mem_torch" in r else "-")
@@ -164,7 +191,8 @@ def print_table(rows, peak: float) -> None:
             f"{r['gflops_fwd_fused']:.0f} ({100 * r['gflops_fwd_fused'] / peak:.0f}%)" if peak else
             f"{r['gflops_fwd_fused']:.0f}",
             f"{r['train_torch'] * 1e3:.3f}", f"{r['train_fused'] * 1e3:.3f}",
-            f"{r['train_torch'] / r['train_fused']:.2f}x", memory,
+            f"{r['train_torch'] / r['train_fused']:.2f}x",
+            f"{r['faults_torch']:.0f} / {r['faults_fused']:.0f}", memory,
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     fmt = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
@@ -212,9 +240,14 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="save a bar chart of the speedups to this PNG")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring peak training memory (a fresh process per shape)")
+    parser.add_argument("--steady-malloc", action="store_true",
+                        help="keep freed memory in glibc's heap (see steady_malloc): no page "
+                             "faults per call for either implementation")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.steady_malloc:
+        steady_malloc()
     shapes = ([(tuple(int(v) for v in s.split(",")), "custom") for s in args.shape]
               if args.shape else (CUDA_SHAPES if args.device == "cuda" else SHAPES))
     threads = torch.get_num_threads()
@@ -236,7 +269,8 @@ def main() -> None:
         print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
               "kernels, against cuDNN nn.LSTM")
     print(f"{args.blocks} blocks x up to {args.repeats} repeats per implementation, alternating; "
-          "median per block, best block")
+          "median per block, best block; malloc: "
+          + ("steady (--steady-malloc)" if args.steady_malloc else "glibc defaults"))
     rows = []
     for shape, what in shapes:
         print(f"  timing {shape} ...", flush=True)
