@@ -40,8 +40,8 @@ void panel_tile(const FusedBackwardArgs& a, const PanelGemm& g, int64_t row, int
   const float* rows[kTileRows];
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
-  if (!tile_block<R, 4>(acc, rows, G, nullptr, k_lo, k_hi, G, g.panels + c * G * 4 * W, partial,
-                        pf)) {
+  if (!tile_block<R, 4>(acc, rows, G, nullptr, k_lo, k_hi, G, kKBlock,
+                        g.panels + c * G * 4 * W, partial, pf)) {
     return;
   }
   for (int r = 0; r < R; ++r) {

@@ -109,6 +109,16 @@ inline Gates<Vec> activate_packed(Vec a, int64_t n) {
   return {s, lanes_of(s, s, n), lanes_of(t, t, 2 * n), lanes_of(s, s, 3 * n)};
 }
 
+// Panels longer than kMaxKBlocked are never blocked for the cache (fused_step), so their
+// sums may take longer blocks (tile_block): each block costs the tile a pass through
+// `partial` and a restart of its k loop, at K = 1024 5% of the forward with blocks of
+// kKBlock (in-process A/B at (100, 64, 512, 512): 66.4 ms, 64.1 with blocks of 512). The
+// error against float64 stayed below nn.LSTM's (mean 3.9e-8 against 5.8e-8 at that shape;
+// 2.6e-8 with blocks of kKBlock).
+constexpr int64_t kMaxKBlocked = 4 * kKBlock;
+
+inline int64_t forward_sum_block(int64_t K) { return K <= kMaxKBlocked ? kKBlock : 4 * kKBlock; }
+
 // Rows [r0, r0 + R) of step t, hidden group q (NV vectors), K block [k_lo, k_hi); the last
 // block runs the cell epilogue.
 template <int R, int NV>
@@ -119,8 +129,8 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
   const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, j0 = q * W;
   const int64_t n = H - j0 < W ? H - j0 : W;
   Vec acc[R][NV];
-  if (!tile_block<R, NV>(acc, x_rows, Kx, h_rows, k_lo, k_hi, K, panels + q * K * 4 * W,
-                         partial, pf)) {
+  if (!tile_block<R, NV>(acc, x_rows, Kx, h_rows, k_lo, k_hi, K, forward_sum_block(K),
+                         panels + q * K * 4 * W, partial, pf)) {
     return;
   }
   const Vec b_i = load_n<Vec>(a.bias + j0, n), b_f = load_n<Vec>(a.bias + H + j0, n);
@@ -201,7 +211,7 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
   // (in-process A/B, forward: B = 64, K = 1024 74.2 ms median against 87.5 blocked, K = 2048
   // 155 against 168, K = 768 3% ahead, K = 512 even; at K = 256, B = 256, blocked won 9%).
   const int64_t K = (a.hoisted ? 0 : a.I) + a.H;
-  const int64_t k_block = hi - lo > 4 * kTileRows && K <= 4 * kKBlock ? kKBlock : K;
+  const int64_t k_block = hi - lo > 4 * kTileRows && K <= kMaxKBlocked ? kKBlock : K;
   const int64_t tiles = (hi - lo + kTileRows - 1) / kTileRows;
   // Groups in ascending order on even steps, descending on odd ones: a step starts with the
   // panels the previous one ended with, still in L2 when the thread's weights are not

@@ -137,23 +137,25 @@ LSTM_TILE_INLINE void tile_accumulate(const float* const* a_rows, int64_t Ka,
 // are parked in `partial` (4W floats per row) between blocks.
 constexpr int64_t kKBlock = 128;
 
-// K range [k_lo, k_hi) of a tile over K columns, summed per kKBlock block: each block from
-// zero, added to the sum of the earlier blocks parked in `partial`, which it replaces unless
-// it is the last block of K; then this returns true and the caller's epilogue runs on acc.
-// Blocks of the sum rather than one chain: it rounds like kKBlock + K / kKBlock terms, not K
-// (2-5x less error against float64 at K = 1024-2048), and whether or not the caller blocks
-// its loops for the cache (which depends on its rows per thread), the sum is the same: the
-// results do not depend on the thread count. Narrow panels (NV < 4) are never prefetched as
-// a next block (NextBlock assumes 4W floats per k).
+// K range [k_lo, k_hi) of a tile over K columns, summed per block of `sum_block` terms: each
+// block from zero, added to the sum of the earlier blocks parked in `partial`, which it
+// replaces unless it is the last block of K; then this returns true and the caller's
+// epilogue runs on acc. Blocks of the sum rather than one chain: it rounds like
+// sum_block + K / sum_block terms, not K (at K = 1024-2048, kKBlock gave 2-5x less error
+// against float64 than one chain). A caller that blocks its loops for the cache passes
+// sum_block = kKBlock, and so must every caller that may block the same K (whether it does
+// depends on its rows per thread): the sums, and so the results, do not depend on the thread
+// count. Narrow panels (NV < 4) are never prefetched as a next block (NextBlock assumes 4W
+// floats per k).
 template <int R, int NV>
 LSTM_TILE_INLINE bool tile_block(Vec (&acc)[R][NV], const float* const* a_rows, int64_t Ka,
                                  const float* const* b_rows, int64_t k_lo, int64_t k_hi,
-                                 int64_t K, const float* panel, float* partial,
-                                 const Prefetch& pf) {
+                                 int64_t K, int64_t sum_block, const float* panel,
+                                 float* partial, const Prefetch& pf) {
   constexpr int W = Vec::kWidth;
   constexpr bool kCanNext = NV == 4;
-  for (int64_t b_lo = k_lo; b_lo < k_hi; b_lo += kKBlock) {
-    const int64_t b_hi = imin(k_hi, b_lo + kKBlock);
+  for (int64_t b_lo = k_lo; b_lo < k_hi; b_lo += sum_block) {
+    const int64_t b_hi = imin(k_hi, b_lo + sum_block);
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
     if (pf.ahead) {
