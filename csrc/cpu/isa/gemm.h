@@ -61,6 +61,12 @@ void gemm_pack_b(const GemmArgs& g, int64_t p, float* panels) {
   }
 }
 
+// Rows of A that gemm_pack_a prefetches ahead: its runs of a few hundred floats lie a whole
+// row of A apart (16 KB at 4H = 4096), across pages, where the hardware prefetchers do not
+// follow. Measured on the weight-gradient GEMMs: 368-385 -> 404-417 GFLOP/s (M, K, N =
+// 4096, 1600, 1024) and 311 -> 358 (4096, 6400, 512); 4 to 32 rows ahead within 2%.
+constexpr int64_t kPackAheadRows = 8;
+
 // op(A) = A^T rows [m0, m0 + rows), K [k0, k0 + kb) into strips of kTileRows rows,
 // [kb][kTileRows] each, one contiguous run of each row of A at a time (a strip's few floats
 // per row would walk A at a stride of whole rows, 4 KB and more: one L1 set for all of them);
@@ -69,6 +75,12 @@ void gemm_pack_a(const GemmArgs& g, int64_t m0, int64_t rows, int64_t k0, int64_
                  float* strips) {
   for (int64_t kk = 0; kk < kb; ++kk) {
     const float* src = g.a + (k0 + kk) * g.lda + m0;
+    if (k0 + kk + kPackAheadRows < g.k) {
+      const float* ahead = src + kPackAheadRows * g.lda;
+      for (int64_t i = 0; i < rows; i += 64 / sizeof(float)) {
+        asm volatile("prefetcht0 (%0)" : : "r"(ahead + i));  // no memory clobber: see tile.h
+      }
+    }
     for (int64_t i0 = 0; i0 < rows; i0 += kTileRows) {
       const int64_t n = imin(kTileRows, rows - i0);  // kTileRows < W: one masked vector
       Vec::load(src + i0, n).store(strips + (i0 * kb + kk * kTileRows), kTileRows);
