@@ -9,10 +9,12 @@
 //   = A^T is packed per block of rows and K into strips of kTileRows rows, [k][kTileRows]
 //   each (A's columns are its rows).
 // - Each thread owns a range of C's rows (or, for a short C, of its panels). Loops, per
-//   thread: row blocks (their C rows stay in L2 across the K blocks), K blocks (a panel's
-//   block, 32 KB with AVX-512, stays in L1 across the row block's tiles), panels, tiles.
-//   (Panels outside the K blocks, each panel's C block kept in L1 over K chunks of 1024,
-//   measured 4-20% slower; K blocks of 64 or 32, 5-30% slower; 256 and 512 within noise.)
+//   thread: row blocks (their C rows stay in L2 across the K blocks), K blocks of
+//   kGemmKBlock (a panel's block, 64 KB with AVX-512, read from L1 and L2 by the row block's
+//   tiles), panels, tiles. (Panels outside the K blocks, each panel's C block kept in L1
+//   over K chunks of 1024, measured 4-20% slower; K blocks of 64 or 32, 5-30% slower; of
+//   128, which fit L1, 1-6% slower than 256 at the LSTM's shapes, as each K block passes
+//   through the C tile once; of 512 within noise of 256 or slower.)
 // - Each K block's sum starts from zero in registers and is then added to C: a chain of
 //   k_block + k / k_block terms, and the same sums whatever the thread count.
 
@@ -29,7 +31,9 @@ inline int64_t gemm_row_block(int64_t n) {
   return imin(kGemmMaxRowBlock, rows < kTileRows ? kTileRows : rows / kTileRows * kTileRows);
 }
 
-inline int64_t gemm_k_block(int64_t k_block) { return k_block > 0 ? k_block : kKBlock; }
+constexpr int64_t kGemmKBlock = 2 * kKBlock;
+
+inline int64_t gemm_k_block(int64_t k_block) { return k_block > 0 ? k_block : kGemmKBlock; }
 
 // One thread's strips of op(A) = A^T: a row block by a K block.
 inline int64_t gemm_strip_floats(int64_t n, int64_t k, int64_t k_block) {
