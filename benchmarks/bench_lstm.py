@@ -141,7 +141,8 @@ def bench_shape(shape, blocks: int, repeats: int, warmup: int, device: str = "cp
     return {
         "fwd_torch": fwd["torch"][0], "fwd_fused": fwd["fused"][0],
         "train_torch": train["torch"][0], "train_fused": train["fused"][0],
-        "faults_torch": train["torch"][1], "faults_fused": train["fused"][1],
+        "faults_torch": (fwd["torch"][1], train["torch"][1]),
+        "faults_fused": (fwd["fused"][1], train["fused"][1]),
         "gflops_fwd_fused": flops / fwd["fused"][0] / 1e9,
         "gflops_fwd_torch": flops / fwd["torch"][0] / 1e9,
     }
@@ -180,7 +181,7 @@ def training_peak_memory(shape, impl: str) -> float:
 def print_table(rows, peak: float) -> None:
     header = ("shape (T,B,I,H,L)", "what", "fwd torch ms", "fwd fused ms", "fwd speedup",
               "fwd GF/s fused (% peak)", "f+b torch ms", "f+b fused ms", "f+b speedup",
-              "f+b page faults/call torch / fused", "train peak MB torch / fused")
+              "page faults/call (fwd, f+b) torch / fused", "train peak MB torch / fused")
     lines = [header]
     for shape, what, r in rows:
         memory = (f"{r['mem_torch']:.1f} / {r['mem_fused']:.1f}" if "mem_torch" in r else "-")
@@ -192,7 +193,8 @@ def print_table(rows, peak: float) -> None:
             f"{r['gflops_fwd_fused']:.0f}",
             f"{r['train_torch'] * 1e3:.3f}", f"{r['train_fused'] * 1e3:.3f}",
             f"{r['train_torch'] / r['train_fused']:.2f}x",
-            f"{r['faults_torch']:.0f} / {r['faults_fused']:.0f}", memory,
+            "{:.0f}, {:.0f} / {:.0f}, {:.0f}".format(*r["faults_torch"], *r["faults_fused"]),
+            memory,
         ))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     fmt = lambda line: "| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |"
