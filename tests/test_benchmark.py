@@ -44,12 +44,11 @@ def test_page_faults_counts_pages_touched_first_time():
     buf.close()
 
 
-def test_steady_malloc_stops_nn_lstm_faulting_its_buffers_in():
-    """With steady_malloc (in a fresh process, as the benchmark calls it), nn.LSTM's training
-    step at the stock shape reuses its freed buffers: almost no page faults per call."""
+def nn_lstm_faults_per_call(steady: bool) -> float:
+    """Page faults per training step of nn.LSTM at the stock shape, in a fresh process."""
     script = (
         "import sys, torch; sys.path.insert(0, 'benchmarks'); import bench_lstm\n"
-        "bench_lstm.steady_malloc()\n"
+        f"if {steady}: bench_lstm.steady_malloc()\n"
         "lstm, x = torch.nn.LSTM(50, 50, num_layers=2), torch.randn(50, 32, 50)\n"
         "def step():\n"
         "    out, _ = lstm(x); out.sum().backward()\n"
@@ -59,4 +58,16 @@ def test_steady_malloc_stops_nn_lstm_faulting_its_buffers_in():
         "print((bench_lstm.page_faults() - before) / 10)\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                          text=True, check=True, timeout=300).stdout
-    assert float(out.split()[-1]) < 50, out
+    return float(out.split()[-1])
+
+
+def test_steady_malloc_stops_nn_lstm_faulting_its_buffers_in():
+    """With glibc's defaults a fresh process's nn.LSTM training step faults its buffers in
+    again on every call (~1,500 faults at the stock shape here); steady_malloc, as the
+    benchmark calls it, removes nearly all of them."""
+    default = nn_lstm_faults_per_call(False)
+    if default < 200:
+        pytest.skip(f"this malloc does not return nn.LSTM's buffers to the OS ({default:.0f} "
+                    "faults per call): nothing to remove")
+    steady = nn_lstm_faults_per_call(True)
+    assert steady < default / 5, (default, steady)
