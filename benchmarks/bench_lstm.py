@@ -204,7 +204,7 @@ def print_table(rows, peak: float) -> None:
         print(fmt(line))
 
 
-def save_plot(rows, path: str) -> None:
+def save_plot(rows, path: str, malloc: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,7 +221,8 @@ def save_plot(rows, path: str) -> None:
     ax.set_xticks(list(xs), labels)
     ax.set_xlabel("shape (T, B, I, H, layers)")
     ax.set_ylabel("speedup over nn.LSTM (x)")
-    ax.set_title(f"FusedLSTM vs nn.LSTM, CPU, {torch.get_num_threads()} threads, float32")
+    ax.set_title(f"FusedLSTM vs nn.LSTM, CPU, {torch.get_num_threads()} threads, float32, "
+                 f"malloc: {malloc}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -270,9 +271,9 @@ def main() -> None:
     else:
         print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
               "kernels, against cuDNN nn.LSTM")
+    malloc = "steady (--steady-malloc)" if args.steady_malloc else "glibc defaults"
     print(f"{args.blocks} blocks x up to {args.repeats} repeats per implementation, alternating; "
-          "median per block, best block; malloc: "
-          + ("steady (--steady-malloc)" if args.steady_malloc else "glibc defaults"))
+          f"median per block, best block; malloc: {malloc}")
     rows = []
     for shape, what in shapes:
         print(f"  timing {shape} ...", flush=True)
@@ -288,7 +289,7 @@ def main() -> None:
           "FMA peak: not measured (generic build or GPU)")
     print_table(rows, peak)
     if args.plot:
-        save_plot(rows, args.plot)
+        save_plot(rows, args.plot, malloc)
 
 
 if __name__ == "__main__":
