@@ -103,9 +103,9 @@ def race(fns: Dict[str, Callable[[], None]], blocks: int, repeats: int, warmup: 
 def steady_malloc() -> None:
     """Keeps freed memory in glibc's heap instead of returning it to the OS. By default glibc
     maps large blocks fresh and trims the heap top, so a call whose buffers go back to the OS
-    faults them in again on the next call (nn.LSTM's training step at the stock shape: ~1,400
-    faults per call in a fresh process, 1.5-2x its time); how often that happens depends on
-    what the process allocated before. FusedLSTM keeps its buffers (csrc/cpu/buffer_cache.cpp)."""
+    faults them in again on the next call (nn.LSTM's training step at the stock shape:
+    1,300-2,100 faults per call in a fresh process, up to 2.4x its time); how often that
+    happens depends on what the process allocated before. FusedLSTM keeps its buffers (csrc/cpu/buffer_cache.cpp)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's mallopt parameters
     for param, value in ((m_trim_threshold, 1 << 30), (m_top_pad, 64 << 20),

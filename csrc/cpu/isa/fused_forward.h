@@ -117,7 +117,7 @@ inline Gates<Vec> activate_packed(Vec a, int64_t n) {
 // 2.6e-8 with blocks of kKBlock).
 constexpr int64_t kMaxKBlocked = 4 * kKBlock;
 
-inline int64_t forward_sum_block(int64_t K) { return K <= kMaxKBlocked ? kKBlock : 4 * kKBlock; }
+inline int64_t forward_sum_block(int64_t K) { return K <= kMaxKBlocked ? kKBlock : kMaxKBlocked; }
 
 // Rows [r0, r0 + R) of step t, hidden group q (NV vectors), K block [k_lo, k_hi); the last
 // block runs the cell epilogue.
