@@ -265,11 +265,13 @@ def main() -> None:
     print(f"torch {torch.__version__}, fused_lstm backend {fused_lstm.backend()}, CPU ISA "
           f"{fused_lstm.cpu_isa()}, {threads} threads, float32")
     if args.device == "cpu":
-        big = ("fused_lstm's own AVX-512 GEMM (csrc/cpu/isa/gemm.h)" if fused_lstm.cpu_isa() == "avx512"
+        own = fused_lstm.cpu_isa() == "avx512" and fused_lstm.cpu_gemm() == "own"
+        big = ("fused_lstm's own AVX-512 GEMM (csrc/cpu/isa/gemm.h)" if own
                else "torch's BLAS (MKL)")
         print("GEMMs: fused register-tiled kernels for the recurrent steps (forward and backward) "
               f"and for small layers' weight gradients and dx; {big} for the hoisted input "
-              "projection and larger layers' dx and weight gradients")
+              f"projection and larger layers' dx and weight gradients (cpu_gemm "
+              f"{fused_lstm.cpu_gemm()})")
     else:
         print(f"GPU {torch.cuda.get_device_name()}: cuBLAS (through ATen) per step + fused cell "
               "kernels, against cuDNN nn.LSTM")

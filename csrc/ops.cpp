@@ -166,7 +166,8 @@ TORCH_LIBRARY(fused_lstm, m) {
 }  // namespace fused_lstm
 
 // `import fused_lstm._C` loads this library, which registers the ops above. The module
-// itself only exposes the CPU kernels' instruction-set switch, FMA peak and buffer cache.
+// itself only exposes the CPU kernels' instruction-set and GEMM switches, FMA peak and buffer
+// cache.
 namespace {
 
 using fused_lstm::cpu::Isa;
@@ -204,6 +205,22 @@ PyObject* py_set_cpu_isa(PyObject*, PyObject* args) {
   Py_RETURN_NONE;
 }
 
+PyObject* py_cpu_gemm(PyObject*, PyObject*) {
+  return PyUnicode_FromString(fused_lstm::cpu::gemm_name(fused_lstm::cpu::active_gemm()));
+}
+
+PyObject* py_set_cpu_gemm(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &name)) return nullptr;
+  fused_lstm::cpu::Gemm gemm;
+  if (!fused_lstm::cpu::parse_gemm(name, &gemm)) {
+    PyErr_Format(PyExc_ValueError, "gemm must be one of 'own', 'blas', got '%s'", name);
+    return nullptr;
+  }
+  fused_lstm::cpu::set_gemm(gemm);
+  Py_RETURN_NONE;
+}
+
 PyObject* py_fma_peak_gflops(PyObject*, PyObject* args) {
   int threads = 1;
   if (!PyArg_ParseTuple(args, "i", &threads)) return nullptr;
@@ -226,6 +243,8 @@ PyMethodDef methods[] = {
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "The instruction set the CPU kernels use."},
     {"cpu_supports", py_cpu_supports, METH_VARARGS, "Whether this CPU can run an ISA's kernels."},
     {"set_cpu_isa", py_set_cpu_isa, METH_VARARGS, "Use the kernels built for this ISA."},
+    {"cpu_gemm", py_cpu_gemm, METH_NOARGS, "The GEMM the CPU layers' large products run."},
+    {"set_cpu_gemm", py_set_cpu_gemm, METH_VARARGS, "Run the large products on this GEMM."},
     {"fma_peak_gflops", py_fma_peak_gflops, METH_VARARGS,
      "Measured fp32 FMA GFLOP/s of the active ISA on n threads (None for generic)."},
     {"empty_cache", py_empty_cache, METH_NOARGS,

@@ -73,6 +73,25 @@ def cpu_supports(isa: str) -> bool:
     return HAS_EXTENSION and _C.cpu_supports(isa)
 
 
+def cpu_gemm() -> str:
+    """The GEMM the CPU layers run for their large products (the hoisted input projection,
+    dx, the weight gradients) in float32: ``"blas"`` (torch's BLAS, MKL) or ``"own"``
+    (fused_lstm's AVX-512 GEMM; with the other ISAs the BLAS runs either way);
+    ``"reference"`` without the extension. Row-blocked weight gradients and, under
+    ``torch.use_deterministic_algorithms(True)``, every product run the own GEMM."""
+    return _C.cpu_gemm() if HAS_EXTENSION else "reference"
+
+
+def set_cpu_gemm(gemm: str) -> None:
+    """Run the large products on ``gemm`` (``"own"`` or ``"blas"``). The default is
+    ``"blas"`` where the BLAS is MKL and the CPU is Intel's (MKL runs AVX-512 code there),
+    else ``"own"``; the environment variable ``FUSED_LSTM_CPU_GEMM`` sets it at import.
+    Raises ValueError for an unknown name."""
+    if not HAS_EXTENSION:
+        raise RuntimeError("the compiled extension is not loaded: " + LOAD_REASON)
+    _C.set_cpu_gemm(gemm)
+
+
 def fma_peak_gflops(threads: int) -> Optional[float]:
     """Measured fp32 FMA GFLOP/s of the active ISA on ``threads`` threads (None if the
     extension is missing or the generic kernels are active)."""

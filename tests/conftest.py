@@ -27,6 +27,16 @@ def isa(request):
     fused_lstm.set_cpu_isa(default)
 
 
+@pytest.fixture(params=["own", "blas"])
+def gemm(request):
+    """Runs the test once per GEMM of the layers' large products (fused_lstm.set_cpu_gemm),
+    then restores the default."""
+    default = fused_lstm.cpu_gemm()
+    fused_lstm.set_cpu_gemm(request.param)
+    yield request.param
+    fused_lstm.set_cpu_gemm(default)
+
+
 def make_pair(dtype: torch.dtype = torch.float32, **kwargs) -> Tuple[nn.LSTM, FusedLSTM]:
     """nn.LSTM and FusedLSTM with identical weights (copied through state_dict)."""
     ref = nn.LSTM(**kwargs).to(dtype)

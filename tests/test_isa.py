@@ -111,6 +111,42 @@ def test_environment_variable_picks_the_isa():
     assert out.stdout.strip() == "generic"
 
 
+def test_gemm_switch_and_errors():
+    """The BLAS where it is MKL on an Intel CPU (MKL runs AVX-512 code there), else the own
+    GEMM; FUSED_LSTM_CPU_GEMM overrides it."""
+    with open("/proc/cpuinfo") as f:
+        intel = "GenuineIntel" in f.read()
+    forced = os.environ.get("FUSED_LSTM_CPU_GEMM")
+    default = fused_lstm.cpu_gemm()
+    want = "blas" if intel and torch.backends.mkl.is_available() else "own"
+    assert default == (forced if forced in ("own", "blas") else want)
+    with pytest.raises(ValueError, match="gemm must be one of 'own', 'blas', got 'mkl'"):
+        fused_lstm.set_cpu_gemm("mkl")
+    assert fused_lstm.cpu_gemm() == default
+    try:
+        for gemm in ("own", "blas"):
+            fused_lstm.set_cpu_gemm(gemm)
+            assert fused_lstm.cpu_gemm() == gemm
+    finally:
+        fused_lstm.set_cpu_gemm(default)
+    for gemm in ("own", "blas"):
+        script = "import fused_lstm; print(fused_lstm.cpu_gemm())"
+        env = dict(os.environ, FUSED_LSTM_CPU_GEMM=gemm)
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == gemm
+
+
+@pytest.mark.parametrize("T,B,layers,bidirectional,sizes",
+                         [SHAPES[0], SHAPES[3], SHAPES[6], (4, 3, 1, False, (64, 256))])
+def test_parity_with_either_gemm(isa, gemm, T, B, layers, bidirectional, sizes):
+    """The hoisted projection (B <= 16), dx and the weight gradients on either GEMM (with
+    H = 256, dW_hh is 1 MB: one GEMM, not row blocks)."""
+    assert fused_lstm.cpu_gemm() == gemm
+    check_parity(torch.float32, T, B, layers, False, bidirectional, True, True, sizes)
+
+
 @functools.lru_cache(maxsize=1)
 def disassembly():
     """The built library's functions: {name: [part, ...]}, each part a list of (address,

@@ -1,6 +1,6 @@
 """torch.ops.fused_lstm.matmul: the GEMM the CPU layers run over all rows (the input
-projection, dx, the weight gradients) — AVX-512's own kernel (csrc/cpu/isa/gemm.h), the BLAS
-elsewhere — against float64 torch.mm, on every ISA this machine runs."""
+projection, dx, the weight gradients) — AVX-512's own kernel (csrc/cpu/isa/gemm.h) or the
+BLAS (fused_lstm.set_cpu_gemm) — against float64 torch.mm, on every ISA this machine runs."""
 import pytest
 import torch
 
@@ -38,7 +38,7 @@ SIZES = [(1, 1, 1), (5, 63, 7), (6, 64, 128), (7, 65, 129), (13, 200, 300), (200
 @pytest.mark.parametrize("m,n,k", SIZES)
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
                                              (True, True)])
-def test_matches_float64_within_2x_of_torch(isa, m, n, k, trans_a, trans_b):
+def test_matches_float64_within_2x_of_torch(isa, gemm, m, n, k, trans_a, trans_b):
     a, b = operands(m, n, k, trans_a, trans_b)
     got = matmul(a, b, trans_a, trans_b)
     want = op(a.double(), trans_a) @ op(b.double(), trans_b)
@@ -48,7 +48,7 @@ def test_matches_float64_within_2x_of_torch(isa, m, n, k, trans_a, trans_b):
 
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
 @pytest.mark.parametrize("k_block", [0, 32])
-def test_beta_and_k_block(isa, beta, k_block):
+def test_beta_and_k_block(isa, gemm, beta, k_block):
     a, b = operands(70, 90, 300, True, False)
     c = torch.randn(70, 90)
     got = matmul(a, b, True, False, c, beta, k_block)
@@ -56,7 +56,7 @@ def test_beta_and_k_block(isa, beta, k_block):
     torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-5)
 
 
-def test_beta_zero_ignores_nan_in_c(isa):
+def test_beta_zero_ignores_nan_in_c(isa, gemm):
     """As BLAS: with beta = 0, C is written, never read."""
     a, b = operands(8, 70, 20, False, False)
     got = matmul(a, b, c=torch.full((8, 70), float("nan")), beta=0.0)
@@ -83,9 +83,13 @@ def test_float64_runs_the_blas():
 
 @pytest.mark.skipif(not fused_lstm.cpu_supports("avx512"), reason="needs AVX-512")
 @pytest.mark.parametrize("isa", ["avx512"], indirect=True)  # the one path with its own GEMM
-def test_same_bits_for_any_thread_count(isa):
-    """Each C element is summed in the same order whoever computes it."""
+@pytest.mark.parametrize("gemm,deterministic", [("own", False), ("blas", True)],
+                         indirect=["gemm"])
+def test_same_bits_for_any_thread_count(isa, gemm, deterministic):
+    """Each C element of the own GEMM is summed in the same order whoever computes it; under
+    torch.use_deterministic_algorithms(True) the own GEMM runs whatever set_cpu_gemm says."""
     threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(deterministic)
     try:
         a, b = operands(301, 333, 517, True, False)
         results = []
@@ -93,6 +97,7 @@ def test_same_bits_for_any_thread_count(isa):
             torch.set_num_threads(t)
             results.append(matmul(a, b, True, False))
     finally:
+        torch.use_deterministic_algorithms(False)
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
 

@@ -66,17 +66,22 @@ struct GemmReuse {
 };
 
 // The GEMMs over all rows of a layer (the input projection, dx, the weight gradients), as
-// blas.h's gemm: in float32 the ISA's own GEMM where it has one (isa/gemm.h: MKL runs its
-// AVX2 code on AMD CPUs, at under half the AVX-512 peak), else the BLAS. k_block > 0: each
-// block of that many terms of the sum is summed from zero, then added up (for the BLAS, one
-// GEMM per block); 0: the kernel's own K blocks, or one BLAS call.
+// blas.h's gemm. k_block > 0: each block of that many terms of the sum is summed from zero,
+// then added up (for the BLAS, one GEMM per block); 0: the kernel's own K blocks, or one
+// BLAS call. In float32 the ISA's own GEMM where it has one runs when active_gemm() says
+// so (kernels.h), and also for row blocks (the BLAS would take one call per block: 50 per
+// weight gradient at (T, B) = (50, 32), each with the BLAS's fixed cost of a few
+// microseconds) and under torch.use_deterministic_algorithms (its sums do not depend on the
+// thread count; MKL's would need one thread).
 template <typename T>
 void layer_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const T* a,
                 int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc,
                 int64_t k_block = 0, GemmReuse* reuse = nullptr) {
   if constexpr (std::is_same_v<T, float>) {
     const FusedKernels kernels = fused_kernels();
-    if (kernels.gemm && m > 0 && n > 0 && k > 0) {
+    const bool own = active_gemm() == Gemm::kOwn || (k_block > 0 && k_block < k) ||
+                     at::globalContext().deterministicAlgorithms();
+    if (kernels.gemm && own && m > 0 && n > 0 && k > 0) {
       const int threads = at::get_num_threads();
       GemmReuse fresh;
       GemmReuse& r = reuse ? *reuse : fresh;

@@ -1,10 +1,13 @@
-// The generic (baseline x86-64, and float64) kernels and the run-time choice of ISA.
+// The generic (baseline x86-64, and float64) kernels and the run-time choice of ISA and GEMM.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 #include "../../lstm_cell.h"
 #include "kernels.h"
+
+// Present when torch's BLAS is MKL (see blas.h).
+extern "C" int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 
 namespace fused_lstm::cpu {
 namespace generic {
@@ -60,6 +63,18 @@ Isa& current() {
   return isa;
 }
 
+Gemm initial_gemm() {
+  Gemm gemm;
+  const char* env = std::getenv("FUSED_LSTM_CPU_GEMM");
+  if (env && parse_gemm(env, &gemm)) return gemm;
+  return MKL_Set_Num_Threads_Local && __builtin_cpu_is("intel") ? Gemm::kBlas : Gemm::kOwn;
+}
+
+Gemm& current_gemm() {
+  static Gemm gemm = initial_gemm();
+  return gemm;
+}
+
 }  // namespace
 
 bool cpu_supports(Isa isa) {
@@ -102,6 +117,23 @@ bool set_isa(Isa isa) {
   if (!cpu_supports(isa)) return false;
   current() = isa;
   return true;
+}
+
+Gemm active_gemm() { return current_gemm(); }
+
+void set_gemm(Gemm gemm) { current_gemm() = gemm; }
+
+const char* gemm_name(Gemm gemm) { return gemm == Gemm::kBlas ? "blas" : "own"; }
+
+bool parse_gemm(const char* name, Gemm* gemm) {
+  constexpr Gemm kAll[] = {Gemm::kOwn, Gemm::kBlas};
+  for (Gemm candidate : kAll) {
+    if (std::strcmp(name, gemm_name(candidate)) == 0) {
+      *gemm = candidate;
+      return true;
+    }
+  }
+  return false;
 }
 
 template <>

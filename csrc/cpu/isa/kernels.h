@@ -110,6 +110,19 @@ bool cpu_supports(Isa isa);
 bool set_isa(Isa isa);
 bool parse_isa(const char* name, Isa* isa);
 
+// The GEMM that float32 layer_gemm calls for products not summed in row blocks: the ISA's
+// own (isa/gemm.h) or torch's BLAS. The default is the BLAS where it is MKL on an Intel CPU,
+// where MKL runs its AVX-512 code (measured on a 2-core Xeon at the LSTM's shapes: 150-200
+// GFLOP/s, 10-60% ahead of the own GEMM); elsewhere the own GEMM (MKL takes its AVX2 path on
+// AMD CPUs: 120-200 GFLOP/s, under half the AVX-512 peak). FUSED_LSTM_CPU_GEMM (own, blas)
+// or set_gemm choose another. The own GEMM only exists for AVX-512: with the other ISAs
+// both names run the BLAS.
+enum class Gemm { kOwn, kBlas };
+Gemm active_gemm();
+void set_gemm(Gemm gemm);
+const char* gemm_name(Gemm gemm);
+bool parse_gemm(const char* name, Gemm* gemm);
+
 template <typename T>
 CellKernels<T> cell_kernels();  // for the active ISA; float64 always runs the generic code
 // For the active ISA; null members for the generic build.
