@@ -148,12 +148,22 @@ TORCH_LIBRARY(fused_lstm, m) {
   // w_hr with a projection; h0 [layers * directions, B, P], c0 [.., B, H]; dropout on every
   // layer's output but the last when `train`. Returns output [rows, directions * P], h_n,
   // c_n. Without gradients, unidirectional CPU layers without projections run as one
-  // wavefront (csrc/cpu/lstm_stack_cpu.cpp); with them, the layers are lstm_layer calls
-  // (csrc/lstm_stack.cpp).
+  // wavefront (csrc/cpu/lstm_stack_cpu.cpp); with them, such stacks run lstm_stack_train
+  // and the others are lstm_layer calls (csrc/lstm_stack.cpp).
   m.def(
       "lstm_stack(Tensor input, Tensor h0, Tensor c0, Tensor[] weights, bool has_biases, "
       "int num_layers, float dropout, bool train, bool bidirectional, Tensor? batch_sizes) "
       "-> (Tensor output, Tensor h_n, Tensor c_n)");
+  // lstm_stack's forward for training, unidirectional and without projections, keeping
+  // what each layer's lstm_layer_backward needs: per layer its output (the next layer's
+  // input; the last is the stack's output), activated gates and cell states, as lstm_layer
+  // returns them with train=True. lstm_stack's autograd kernel runs it and then the layers'
+  // backwards (csrc/autograd.cpp); on the CPU the layers run as one wavefront where they can
+  // (csrc/cpu/lstm_stack_cpu.cpp).
+  m.def(
+      "lstm_stack_train(Tensor input, Tensor h0, Tensor c0, Tensor[] weights, bool has_biases, "
+      "int num_layers, Tensor? batch_sizes) -> (Tensor[] outputs, Tensor h_n, Tensor c_n, "
+      "Tensor[] gates, Tensor[] cells)");
   // op(a) @ op(b) + beta * c (c absent: zeros), op(x) = x^T when trans_x: the GEMM the CPU
   // layers run over all rows (the input projection, dx, weight gradients), for the tests and
   // the benchmark. k_block > 0 sums every block of that many terms from zero (the weight

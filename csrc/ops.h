@@ -82,6 +82,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_layers(
     at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
     bool bidirectional, const std::optional<at::Tensor>& batch_sizes, bool keep_state);
 
+// lstm_stack_train's results: per layer outputs, then h_n, c_n, then per layer gates, cells.
+using StackTrainOutputs = std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor,
+                                     std::vector<at::Tensor>, std::vector<at::Tensor>>;
+
+// check_stack for lstm_stack_train: unidirectional, no projections.
+StackLayout check_stack_train(const at::Tensor& h0, const at::Tensor& c0, at::TensorList weights,
+                              bool has_biases, int64_t num_layers);
+
+// lstm_stack_train layer by layer through the dispatcher's lstm_layer (any device; on the CPU
+// where the layers cannot run as a wavefront). Below autograd.
+StackTrainOutputs stack_train_layers(const at::Tensor& input, const at::Tensor& h0,
+                                     const at::Tensor& c0, at::TensorList weights,
+                                     bool has_biases, int64_t num_layers,
+                                     const std::optional<at::Tensor>& batch_sizes);
+
+// lstm_stack with gradients for a unidirectional stack without projections or dropout: one
+// autograd node (csrc/autograd.cpp) whose forward is lstm_stack_train and whose backward runs
+// lstm_layer_backward layer by layer, top down.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> stack_with_grad(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, bool has_biases, int64_t num_layers,
+    const std::optional<at::Tensor>& batch_sizes);
+
 // Rows per GEMM when a weight gradient is summed over rows (dW = dgates^T @ h over N rows).
 // BLAS sums a GEMM's k terms in one chain (up to its own k block of a few hundred), which for
 // a few hundred rows gives 2-3x the rounding error of nn.LSTM's per-step sums. Small

@@ -149,6 +149,12 @@ if HAS_EXTENSION:
             torch.empty_like(c0),
         )
 
+    @torch.library.register_fake("fused_lstm::lstm_stack_train")
+    def _lstm_stack_train_fake(input, h0, c0, weights, has_biases, num_layers, batch_sizes):
+        rows, H = tuple(input.shape[:-1]), c0.shape[2]
+        per_layer = lambda features: [input.new_empty(rows + (features,)) for _ in range(num_layers)]
+        return per_layer(H), torch.empty_like(h0), torch.empty_like(c0), per_layer(4 * H), per_layer(H)
+
     @torch.library.register_fake("fused_lstm::matmul")
     def _matmul_fake(a, b, trans_a=False, trans_b=False, c=None, beta=0.0, k_block=0):
         m = a.shape[1] if trans_a else a.shape[0]

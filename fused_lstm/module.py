@@ -211,8 +211,9 @@ class FusedLSTM(nn.Module):
         cast = (lambda t: t.float()) if upcast else (lambda t: t)
         x, h0, c0 = cast(x).contiguous(), cast(h0), cast(c0)
         weights = [cast(w) for w in flat]
-        # Every layer in one op call; its autograd kernel (C++) takes lstm_layer's per layer
-        # when a gradient is needed, else the layers run as one wavefront on the CPU.
+        # Every layer in one op call. With a gradient its autograd kernel (C++) makes the stack
+        # one node (unidirectional, no projections or dropout) or one node per layer; on the
+        # CPU, such float32 stacks run as one wavefront where they can, either way.
         x, h_n, c_n = _ops.lstm_stack(x, h0, c0, weights, self.bias, self.num_layers,
                                       self.dropout, self.training, self.bidirectional,
                                       batch_sizes)

@@ -62,6 +62,33 @@ def test_compile_fullgraph_packed(enforce_sorted):
     assert_compiled_matches_eager(PackedClassifier(), packed)
 
 
+class StackedRegressor(nn.Module):
+    """The stock forecaster's shape: stacked unidirectional layers, the one-node stack whose
+    forward is lstm_stack_train (on the CPU, at B > 16, one wavefront)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = FusedLSTM(5, 16, num_layers=3)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x):
+        out, (h, c) = self.lstm(x)
+        return self.head(out[-1]).square().sum() + h.sum() + c.square().sum()
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compile_fullgraph_stacked(dynamic):
+    torch._dynamo.reset()
+    model = StackedRegressor()
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
+    for batch in (24, 20):
+        x = torch.randn(9, batch, 5)
+        loss_eager, loss_compiled = model(x), compiled(x)
+        torch.testing.assert_close(loss_compiled, loss_eager, atol=1e-5, rtol=1e-6)
+        for a, b in zip(grads_of(model, loss_compiled), grads_of(model, loss_eager)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-6)
+
+
 def test_export_inference_model_with_dynamic_shapes():
     model = Forecaster().eval()
     hx = (torch.zeros(4, 3, 3), torch.zeros(4, 3, 8))

@@ -1,6 +1,7 @@
-"""torch.ops.fused_lstm.lstm_stack, FusedLSTM's one op for all its layers: with gradients a
-chain of lstm_layer calls, without them (on the CPU, unidirectional float32 layers without
-projections) one wavefront."""
+"""torch.ops.fused_lstm.lstm_stack, FusedLSTM's one op for all its layers, and
+lstm_stack_train, its forward with gradients. On the CPU, unidirectional float32 layers
+without projections run as one wavefront (with gradients too, keeping each layer's gates and
+cells); the other stacks, with gradients, are a chain of lstm_layer calls."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence
@@ -114,7 +115,8 @@ def test_dropout_same_as_layer_by_layer(grad):
             torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("case", [dict(bidirectional=True), dict(P=2), dict(lengths=[5, 3, 3, 1])])
+@pytest.mark.parametrize("case", [dict(), dict(bias=False), dict(bidirectional=True), dict(P=2),
+                                  dict(lengths=[5, 3, 3, 1])])
 def test_gradcheck(case):
     args = list(stack_args(T=4, B=3, I=3, H=3, layers=2, dtype=torch.float64, **case))
     args[3] = [w.requires_grad_() for w in args[3]]
@@ -153,3 +155,76 @@ def test_matches_reference(case):
     args = stack_args(T=6, B=4, I=5, H=4, layers=3, dtype=torch.float64, **case)
     for got, want in zip(torch.ops.fused_lstm.lstm_stack(*args), fused_lstm.reference_lstm_stack(*args)):
         torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+
+
+TRAIN_CASES = [c for c in CASES if not c.get("bidirectional") and not c.get("P")]
+
+
+def train_args(args):
+    """lstm_stack_train's arguments from lstm_stack's."""
+    x, h0, c0, weights, bias, layers, _, _, _, batch_sizes = args
+    return x, h0, c0, weights, bias, layers, batch_sizes
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=lambda c: ",".join(
+    f"{k}={v}" for k, v in c.items() if k != "lengths"))
+def test_train_same_bits_as_layer_by_layer(case, isa):
+    """lstm_stack_train (the wavefront where the CPU runs one) keeps exactly what lstm_layer
+    with train=True keeps, layer by layer: outputs, gates, cells, and the same h_n, c_n."""
+    x, h0, c0, weights, bias, layers, batch_sizes = train_args(stack_args(**case))
+    outputs, h_n, c_n, gates, cells = torch.ops.fused_lstm.lstm_stack_train(
+        x, h0, c0, weights, bias, layers, batch_sizes)
+    per = 4 if bias else 2
+    for layer in range(layers):
+        w = weights[layer * per:(layer + 1) * per]
+        want = torch.ops.fused_lstm.lstm_layer(x, h0[layer], c0[layer], w[0], w[1],
+                                               w[2] + w[3] if bias else None, None, batch_sizes,
+                                               False, True)
+        got = (outputs[layer], h_n[layer], c_n[layer], gates[layer], cells[layer])
+        for name, g, w_ in zip(("output", "h_n", "c_n", "gates", "cell"), got, want):
+            assert torch.equal(g, w_), f"layer {layer} {name}: max diff {(g - w_).abs().max():.3g}"
+        x = want[0]
+
+
+@pytest.mark.parametrize("case", [TRAIN_CASES[0], TRAIN_CASES[3], TRAIN_CASES[-1]])
+def test_grads_same_bits_as_layer_chain(case):
+    """Gradients through the one-node stack equal those through a chain of lstm_layer nodes,
+    for a loss on the output, h_n and c_n."""
+    args = list(stack_args(**case))
+    leaves = [args[0], args[1], args[2]] + args[3]
+    for leaf in leaves:
+        leaf.requires_grad_()
+    loss = lambda out: sum((o * torch.linspace(-1, 1, o.numel(), dtype=o.dtype).view_as(o)).sum()
+                           for o in out)
+    got = torch.autograd.grad(loss(torch.ops.fused_lstm.lstm_stack(*args)), leaves)
+    want = torch.autograd.grad(loss(layer_by_layer(*args)), leaves)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert torch.equal(g, w), f"leaf {i}: max diff {(g - w).abs().max():.3g}"
+
+
+def test_bias_grads_are_separate_tensors():
+    """b_ih and b_hh get the same gradient from one tensor; each .grad must still be its
+    own, so that accumulating into one leaves the other alone."""
+    _, fused = make_pair(torch.float32, input_size=6, hidden_size=10, num_layers=2)
+    x = torch.randn(10, 24, 6)
+    for _ in range(2):
+        fused(x)[0].sum().backward()
+    b_ih, b_hh = fused.bias_ih_l0.grad, fused.bias_hh_l0.grad
+    assert b_ih.data_ptr() != b_hh.data_ptr()
+    torch.testing.assert_close(b_ih, b_hh, atol=0, rtol=0)
+    b_ih.zero_()
+    assert b_hh.abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", [TRAIN_CASES[0], TRAIN_CASES[3], TRAIN_CASES[-1]])
+def test_opcheck_train(case):
+    torch.library.opcheck(torch.ops.fused_lstm.lstm_stack_train.default,
+                          train_args(stack_args(**case)))
+
+
+def test_train_rejects_projections():
+    x, h0, c0, weights, bias, layers, batch_sizes = train_args(
+        stack_args(T=5, B=4, I=6, H=10, layers=2, P=4))
+    with pytest.raises(RuntimeError, match="lstm_stack_train takes no projections: weights "
+                                           "must hold 4 tensors per layer, got 5"):
+        torch.ops.fused_lstm.lstm_stack_train(x, h0, c0, weights, bias, layers, batch_sizes)

@@ -1,7 +1,9 @@
-// The CPU kernel of lstm_stack: unidirectional float32 layers without projections run as one
-// wavefront of the fused forward (isa/fused_forward.h), step s of every layer before step
-// s + 1 of any; everything else layer by layer (stack_layers, ops.h). Only below autograd:
-// with gradients, lstm_stack's autograd kernel runs the layers itself (csrc/lstm_stack.cpp).
+// The CPU kernels of lstm_stack and lstm_stack_train: unidirectional float32 layers without
+// projections run as one wavefront of the fused forward (isa/fused_forward.h), step s of every
+// layer before step s + 1 of any; everything else layer by layer (stack_layers and
+// stack_train_layers, ops.h). lstm_stack runs here only below autograd; with gradients its
+// autograd kernel (csrc/lstm_stack.cpp) takes lstm_stack_train, which keeps each layer's
+// gates and cell states for the backward.
 //
 // Why: the layers' steps share one parallel region, and with the batch split across the
 // threads, a thread's rows of layer l + 1 read only its own rows of layer l, so no layer waits
@@ -47,35 +49,46 @@ bool wavefront(const at::Tensor& input, const at::Tensor& c0, const StackLayout&
   return !hoist_projection(n) && use_fused(n, input, true, false);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
-    const at::Tensor& input_, const at::Tensor& h0_, const at::Tensor& c0,
-    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
-    bool bidirectional, const std::optional<at::Tensor>& batch_sizes) {
-  const StackLayout s = check_stack(h0_, c0, weights, has_biases, num_layers, bidirectional);
-  const FusedKernels kernels = fused_kernels();
-  if ((train && dropout > 0) || !wavefront(input_, c0, s, kernels, batch_sizes)) {
-    return stack_layers(input_, h0_, c0, weights, has_biases, num_layers, dropout, train,
-                        bidirectional, batch_sizes, false);
-  }
+// The layers of a stack that wavefront() accepts, all T steps; with `train` each layer also
+// keeps its activated gates and cell states (lstm_layer's with train=True).
+struct Wavefront {
+  std::vector<at::Tensor> outputs, h_n, gates, cells;
+  at::Tensor c_n;  // [layers, B, H]
+};
+
+Wavefront run_wavefront(const at::Tensor& input_, const at::Tensor& h0_, const at::Tensor& c0,
+                        at::TensorList weights, const StackLayout& s, bool train,
+                        const FusedKernels& kernels,
+                        const std::optional<at::Tensor>& batch_sizes) {
   const auto opts = input_.options();
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
-  at::Tensor c_n = c0.contiguous().clone();  // the running c of every layer: c0 in, c_n out
+  Wavefront r;
+  r.c_n = c0.contiguous().clone();  // the running c of every layer: c0 in, c_n out
   std::vector<LayerSizes> sizes;
   sizes.reserve(s.layers);  // the layers' args point into their offsets
   std::vector<StackWeights> w;
-  std::vector<at::Tensor> outputs, panels;
+  std::vector<at::Tensor> panels;
   std::vector<FusedForwardArgs> args;
   std::vector<const float*> panel_ptrs;
   for (int64_t l = 0; l < s.layers; ++l) {
-    const at::Tensor x = l == 0 ? input : outputs.back();
+    const at::Tensor x = l == 0 ? input : r.outputs.back();
     w.push_back(layer_weights(weights, s, l, opts, c0.size(2)));
     const LayerSizes& n = sizes.emplace_back(check_forward(
-        x, h0[l], c_n[l], w[l].w_ih, w[l].w_hh, w[l].bias, std::nullopt, batch_sizes));
-    std::vector<int64_t> rows = x.sizes().vec();
-    rows.back() = n.H;
-    outputs.push_back(cached_empty(rows, opts));
+        x, h0[l], r.c_n[l], w[l].w_ih, w[l].w_hh, w[l].bias, std::nullopt, batch_sizes));
+    const auto rows = [&](int64_t features) {
+      std::vector<int64_t> shape = x.sizes().vec();
+      shape.back() = features;
+      return cached_empty(shape, opts);
+    };
+    r.outputs.push_back(rows(n.H));
+    if (train) {
+      r.gates.push_back(rows(4 * n.H));
+      r.cells.push_back(rows(n.H));
+    }
     args.push_back(fused_forward_args(n, x, h0[l], w[l].w_ih, w[l].w_hh, w[l].bias, false,
-                                      false, outputs[l], at::Tensor(), c_n[l]));
+                                      train, r.outputs[l], train ? r.cells[l] : at::Tensor(),
+                                      r.c_n[l]));
+    if (train) args[l].gates = r.gates[l].data_ptr<float>();
     panels.push_back(cached_empty({kernels.panel_floats(n.I, n.H, false)}, opts));
     kernels.pack(args[l], panels[l].data_ptr<float>());
     panel_ptrs.push_back(panels[l].data_ptr<float>());
@@ -83,13 +96,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
   at::Tensor partial = at::empty({args[0].num_threads * sizes[0].B * 64}, opts);
   for (FusedForwardArgs& a : args) a.partial = partial.data_ptr<float>();
   kernels.forward(args.data(), s.layers, panel_ptrs.data());
-  std::vector<at::Tensor> h_n;
-  for (int64_t l = 0; l < s.layers; ++l) h_n.push_back(last_hidden(sizes[l], outputs[l], false));
-  return {outputs.back(), at::stack(h_n), c_n};
+  for (int64_t l = 0; l < s.layers; ++l) {
+    r.h_n.push_back(last_hidden(sizes[l], r.outputs[l], false));
+  }
+  return r;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
+    at::TensorList weights, bool has_biases, int64_t num_layers, double dropout, bool train,
+    bool bidirectional, const std::optional<at::Tensor>& batch_sizes) {
+  const StackLayout s = check_stack(h0, c0, weights, has_biases, num_layers, bidirectional);
+  const FusedKernels kernels = fused_kernels();
+  if ((train && dropout > 0) || !wavefront(input, c0, s, kernels, batch_sizes)) {
+    return stack_layers(input, h0, c0, weights, has_biases, num_layers, dropout, train,
+                        bidirectional, batch_sizes, false);
+  }
+  Wavefront r = run_wavefront(input, h0, c0, weights, s, false, kernels, batch_sizes);
+  return {r.outputs.back(), at::stack(r.h_n), r.c_n};
+}
+
+StackTrainOutputs lstm_stack_train(const at::Tensor& input, const at::Tensor& h0,
+                                   const at::Tensor& c0, at::TensorList weights,
+                                   bool has_biases, int64_t num_layers,
+                                   const std::optional<at::Tensor>& batch_sizes) {
+  const StackLayout s = check_stack_train(h0, c0, weights, has_biases, num_layers);
+  const FusedKernels kernels = fused_kernels();
+  if (!wavefront(input, c0, s, kernels, batch_sizes)) {
+    return stack_train_layers(input, h0, c0, weights, has_biases, num_layers, batch_sizes);
+  }
+  Wavefront r = run_wavefront(input, h0, c0, weights, s, true, kernels, batch_sizes);
+  return {r.outputs, at::stack(r.h_n), r.c_n, r.gates, r.cells};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fused_lstm, CPU, m) { m.impl("lstm_stack", &lstm_stack); }
+TORCH_LIBRARY_IMPL(fused_lstm, CPU, m) {
+  m.impl("lstm_stack", &lstm_stack);
+  m.impl("lstm_stack_train", &lstm_stack_train);
+}
 
 }  // namespace fused_lstm::cpu
