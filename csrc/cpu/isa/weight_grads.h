@@ -69,10 +69,13 @@ struct DwRows {
 };
 
 // The steps a thread adds to dW^T in one pass: enough rows per tile to pay for loading and
-// storing its accumulators. At the seed's shape (16 rows per thread and step) one step per
-// pass made the backward op slower than with MKL (786-826 vs 746-776 us), 8 steps faster
-// (713-763 vs 775-837 us; alternating runs).
-constexpr int kDwSteps = 8;
+// storing its accumulators, few enough that a panel's dgates rows (64 rows x 256 B at the
+// seed's shape) stay in L1 while every tile of dW^T rows reads them. At the seed's shape (16
+// rows per thread and step) one step per pass made the backward op slower than with MKL
+// (786-826 vs 746-776 us), 8 steps faster (713-763 vs 775-837 us; alternating runs, Zen 5).
+// On the Intel Xeon, in-process A/B of the backward op, best / median block of 16: 4 steps
+// 1.304 / 1.460 ms, 2 steps 1.368 / 1.489, 6 steps 1.348 / 1.530, 8 steps 1.417 / 1.552.
+constexpr int kDwSteps = 4;
 
 // A thread's pending rows: x rows, and h_prev rows (the previous output for the rows that
 // continue, h0 for the others: up to two ranges per step).
