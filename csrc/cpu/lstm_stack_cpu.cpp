@@ -52,8 +52,8 @@ bool wavefront(const at::Tensor& input, const at::Tensor& c0, const StackLayout&
 // The layers of a stack that wavefront() accepts, all T steps; with `train` each layer also
 // keeps its activated gates and cell states (lstm_layer's with train=True).
 struct Wavefront {
-  std::vector<at::Tensor> outputs, h_n, gates, cells;
-  at::Tensor c_n;  // [layers, B, H]
+  std::vector<at::Tensor> outputs, gates, cells;
+  at::Tensor h_n, c_n;  // [layers, B, H]
 };
 
 Wavefront run_wavefront(const at::Tensor& input_, const at::Tensor& h0_, const at::Tensor& c0,
@@ -96,9 +96,9 @@ Wavefront run_wavefront(const at::Tensor& input_, const at::Tensor& h0_, const a
   at::Tensor partial = at::empty({args[0].num_threads * sizes[0].B * 64}, opts);
   for (FusedForwardArgs& a : args) a.partial = partial.data_ptr<float>();
   kernels.forward(args.data(), s.layers, panel_ptrs.data());
-  for (int64_t l = 0; l < s.layers; ++l) {
-    r.h_n.push_back(last_hidden(sizes[l], r.outputs[l], false));
-  }
+  std::vector<at::Tensor> h_n;
+  for (int64_t l = 0; l < s.layers; ++l) h_n.push_back(last_hidden(sizes[l], r.outputs[l], false));
+  r.h_n = at::stack(h_n);
   return r;
 }
 
@@ -113,7 +113,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_stack(
                         bidirectional, batch_sizes, false);
   }
   Wavefront r = run_wavefront(input, h0, c0, weights, s, false, kernels, batch_sizes);
-  return {r.outputs.back(), at::stack(r.h_n), r.c_n};
+  return {r.outputs.back(), r.h_n, r.c_n};
 }
 
 StackTrainOutputs lstm_stack_train(const at::Tensor& input, const at::Tensor& h0,
@@ -126,7 +126,7 @@ StackTrainOutputs lstm_stack_train(const at::Tensor& input, const at::Tensor& h0
     return stack_train_layers(input, h0, c0, weights, has_biases, num_layers, batch_sizes);
   }
   Wavefront r = run_wavefront(input, h0, c0, weights, s, true, kernels, batch_sizes);
-  return {r.outputs, at::stack(r.h_n), r.c_n, r.gates, r.cells};
+  return {r.outputs, r.h_n, r.c_n, r.gates, r.cells};
 }
 
 }  // namespace
