@@ -232,7 +232,7 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
           m.h[r] = b < n_cont ? a.y + (a.offsets[t_prev] + b) * a.H : a.h0 + b * a.H;
         }
         float* part = partial + (r0 - lo) * 4 * Vec::kWidth;
-        const Prefetch pf = next.share(tiles, (r0 - lo) / kTileRows, ahead);
+        const Prefetch pf = next.share(tiles, (r0 - lo) / kTileRows, k_hi - k_lo, ahead);
         switch (nv) {
           case 1: group_tile<1>(a, panels, m, q, k_lo, k_hi, part, pf); break;
           case 2: group_tile<2>(a, panels, m, q, k_lo, k_hi, part, pf); break;

@@ -37,13 +37,19 @@ constexpr int64_t kL2Bytes = int64_t{2} << 20;
 //   H = 1024: forward 114.8 -> 112.1 ms, forward+backward 321.8 -> 302.5 ms.
 // - next: the next weight block, into L2, when a thread's weights do not stay in L2 from one
 //   step to the next and are streamed from L3 (measured +3-4% at 512-1024 hidden units).
-//   Each k step reads Vec::kWidth / 4 cache lines ("lanes") of a 4-vector panel; the first
-//   tiles of a block each prefetch one or two lanes of the next block at a fixed byte offset
-//   from the row they read. Offsets, not pointers: a pointer and a bound per tile cost the
-//   registers that keep the accumulators out of memory.
+//   Every tile of a block takes an equal slice of the next block and prefetches one line of
+//   it per k step, at a pointer that advances through its slice as the tile walks its rows.
+//   Spread over all tiles, few L3 requests are in flight at once: when the first 4 tiles
+//   fetched all of it, 2 lines per k step, each waiting on L3 held a line fill buffer, and
+//   the tile's own reads from L2 queued behind them (those tiles ran 1.4x as long as the
+//   others with 2 threads, 2.1x with one; in-process A/B of the forward, best / median of
+//   alternating blocks: (100, 64, 512, 512) 174 / 183 ms against 180 / 193, (100, 16, 1024,
+//   1024) 164 / 170 against 180 / 187, (100, 24, 768, 768) 139 / 147 against 169 / 184,
+//   (100, 16, 512, 512) even).
 struct Prefetch {
   bool ahead = false, next = false;
-  int64_t off0 = 0, off1 = 0;  // next: byte offsets of the lanes, from the row being read
+  int64_t offset = 0;  // next: bytes from the tile's first panel row to its first line
+  int64_t step = 0;    // next: bytes the prefetch pointer advances per k step
 };
 
 constexpr int64_t kAheadBytes = 1024;
@@ -57,11 +63,7 @@ inline void prefetch_ahead(const float* w) {
   }
 }
 
-inline void prefetch_next(const float* w, const Prefetch& pf) {
-  asm volatile("prefetcht1 (%0,%1)\n\tprefetcht1 (%0,%2)"
-               :
-               : "r"(w), "r"(pf.off0), "r"(pf.off1));
-}
+inline void prefetch_next(const char* p) { asm volatile("prefetcht1 (%0)" : : "r"(p)); }
 
 // The weight block after `block` (rows [k_lo, k_hi) of panel q) in a thread's panels
 // [q_lo, q_hi) of K x 4W floats each, which are contiguous and visited in ascending or
@@ -79,15 +81,14 @@ struct NextBlock {
     delta = ((q_next * K + k_next) - (q * K + k_lo)) * 4 * Vec::kWidth * int64_t{sizeof(float)};
   }
 
-  // The prefetches of tile `tile` of `tiles` (`ahead` passes through): the first
-  // min(tiles, lanes) tiles take the lanes of the next block round-robin, at most two each
-  // (a lone tile covers half the block; the hardware prefetcher does the rest).
-  Prefetch share(int64_t tiles, int64_t tile, bool ahead) const {
-    constexpr int64_t lanes = Vec::kWidth / 4;
-    const int64_t users = imin(tiles, lanes);
-    if (!enabled || tile >= users) return {ahead, false, 0, 0};
-    const int64_t second = tile + users < lanes ? tile + users : tile;
-    return {ahead, true, delta + tile * 64, delta + second * 64};
+  // The prefetches of tile `tile` of `tiles`, each sweeping the block's k_steps rows
+  // (`ahead` passes through): slice `tile` of the next block, as large as the tiles are
+  // many (the next block is as long as this one, or shorter).
+  Prefetch share(int64_t tiles, int64_t tile, int64_t k_steps, bool ahead) const {
+    if (!enabled) return {ahead, false, 0, 0};
+    constexpr int64_t row_bytes = 4 * Vec::kWidth * int64_t{sizeof(float)};
+    const int64_t step = (row_bytes + tiles - 1) / tiles;
+    return {ahead, true, delta + tile * step * k_steps, step};
   }
 };
 
@@ -110,21 +111,22 @@ LSTM_TILE_INLINE void tile_accumulate(const float* const* a_rows, int64_t Ka,
   constexpr int W = Vec::kWidth;
   constexpr int kLines = NV * W * 4 / 64 > 0 ? NV * W * 4 / 64 : 1;  // per k step
   const float* w = panel + k_lo * NV * W;
-  for (int64_t k = k_lo; k < imin(k_hi, Ka); ++k, w += NV * W) {
+  const char* next = reinterpret_cast<const char*>(w) + pf.offset;
+  for (int64_t k = k_lo; k < imin(k_hi, Ka); ++k, w += NV * W, next += pf.step) {
     Vec wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = Vec::load(w + v * W);
     if constexpr (kAhead) prefetch_ahead<kLines>(w);
-    if constexpr (kNext) prefetch_next(w, pf);
+    if constexpr (kNext) prefetch_next(next);
     for (int r = 0; r < R; ++r) {
       const Vec x(a_rows[r][k]);
       for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(x, wv[v], acc[r][v]);
     }
   }
-  for (int64_t k = k_lo > Ka ? k_lo : Ka; k < k_hi; ++k, w += NV * W) {
+  for (int64_t k = k_lo > Ka ? k_lo : Ka; k < k_hi; ++k, w += NV * W, next += pf.step) {
     Vec wv[NV];
     for (int v = 0; v < NV; ++v) wv[v] = Vec::load(w + v * W);
     if constexpr (kAhead) prefetch_ahead<kLines>(w);
-    if constexpr (kNext) prefetch_next(w, pf);
+    if constexpr (kNext) prefetch_next(next);
     for (int r = 0; r < R; ++r) {
       const Vec h(b_rows[r][k - Ka]);
       for (int v = 0; v < NV; ++v) acc[r][v] = fmadd(h, wv[v], acc[r][v]);
@@ -156,19 +158,22 @@ LSTM_TILE_INLINE bool tile_block(Vec (&acc)[R][NV], const float* const* a_rows, 
   constexpr bool kCanNext = NV == 4;
   for (int64_t b_lo = k_lo; b_lo < k_hi; b_lo += sum_block) {
     const int64_t b_hi = imin(k_hi, b_lo + sum_block);
+    // The prefetch pointer continues where the previous block left it.
+    Prefetch pb = pf;
+    pb.offset += (b_lo - k_lo) * (pf.step - NV * W * int64_t{sizeof(float)});
     for (int r = 0; r < R; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
     if (pf.ahead) {
       if (kCanNext && pf.next) {
-        tile_accumulate<R, NV, true, kCanNext>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pf);
+        tile_accumulate<R, NV, true, kCanNext>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pb);
       } else {
-        tile_accumulate<R, NV, true, false>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pf);
+        tile_accumulate<R, NV, true, false>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pb);
       }
     } else {
       if (kCanNext && pf.next) {
-        tile_accumulate<R, NV, false, kCanNext>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pf);
+        tile_accumulate<R, NV, false, kCanNext>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pb);
       } else {
-        tile_accumulate<R, NV, false, false>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pf);
+        tile_accumulate<R, NV, false, false>(a_rows, Ka, b_rows, b_lo, b_hi, panel, acc, pb);
       }
     }
     if (b_lo > 0) {
