@@ -222,7 +222,7 @@ void fused_step(const FusedForwardArgs& a, const float* panels, int64_t s, int64
     const int nv = group_vectors(a.H, q);
     for (int64_t k_lo = 0; k_lo < K; k_lo += k_block) {
       const int64_t k_hi = imin(K, k_lo + k_block);
-      const NextBlock next(K, q, k_lo, k_hi, q_lo, q_hi, descending, from_l3);
+      const NextBlock next(K, k_block, q, k_lo, k_hi, q_lo, q_hi, descending, from_l3);
       const bool ahead = stream_ahead(k_block, nv, hi - lo);
       for (int64_t r0 = lo; r0 < hi; r0 += kTileRows) {
         TileRows m{t, r0, imin(kTileRows, hi - r0), {}, {}};

@@ -65,29 +65,30 @@ inline void prefetch_ahead(const float* w) {
 
 inline void prefetch_next(const char* p) { asm volatile("prefetcht1 (%0)" : : "r"(p)); }
 
-// The weight block after `block` (rows [k_lo, k_hi) of panel q) in a thread's panels
-// [q_lo, q_hi) of K x 4W floats each, which are contiguous and visited in ascending or
-// descending order: the rest of this panel, else the next panel's first block. After the
-// last panel there is none: the next step starts from that panel, still in cache.
+// The weight block after `block` (rows [k_lo, k_hi) of panel q, in blocks of k_block rows) in
+// a thread's panels [q_lo, q_hi) of K x 4W floats each, which are contiguous and visited in
+// ascending or descending order: the rest of this panel, else the next panel's first block.
+// After the last panel there is none: the next step starts from that panel, still in cache.
 struct NextBlock {
+  static constexpr int64_t kRowBytes = 4 * Vec::kWidth * int64_t{sizeof(float)};
   int64_t delta;  // bytes from the current block to the next
+  int64_t bytes;  // of the next block
   bool enabled;
 
-  NextBlock(int64_t K, int64_t q, int64_t k_lo, int64_t k_hi, int64_t q_lo, int64_t q_hi,
-            bool descending, bool enabled_) {
+  NextBlock(int64_t K, int64_t k_block, int64_t q, int64_t k_lo, int64_t k_hi, int64_t q_lo,
+            int64_t q_hi, bool descending, bool enabled_) {
     const int64_t q_next = k_hi < K ? q : (descending ? q - 1 : q + 1);
     const int64_t k_next = k_hi < K ? k_hi : 0;
     enabled = enabled_ && q_next >= q_lo && q_next < q_hi;
-    delta = ((q_next * K + k_next) - (q * K + k_lo)) * 4 * Vec::kWidth * int64_t{sizeof(float)};
+    delta = ((q_next * K + k_next) - (q * K + k_lo)) * kRowBytes;
+    bytes = imin(k_block, K - k_next) * kRowBytes;
   }
 
-  // The prefetches of tile `tile` of `tiles`, each sweeping the block's k_steps rows
-  // (`ahead` passes through): slice `tile` of the next block, as large as the tiles are
-  // many (the next block is as long as this one, or shorter).
+  // The prefetches of tile `tile` of `tiles`, each sweeping its block's k_steps rows
+  // (`ahead` passes through): slice `tile` of the next block, as large as the tiles are many.
   Prefetch share(int64_t tiles, int64_t tile, int64_t k_steps, bool ahead) const {
     if (!enabled) return {ahead, false, 0, 0};
-    constexpr int64_t row_bytes = 4 * Vec::kWidth * int64_t{sizeof(float)};
-    const int64_t step = (row_bytes + tiles - 1) / tiles;
+    const int64_t step = (bytes + tiles * k_steps - 1) / (tiles * k_steps);
     return {ahead, true, delta + tile * step * k_steps, step};
   }
 };
