@@ -8,10 +8,9 @@
 #include <cstdint>
 #include <limits>
 
+#include "mkl_threads.h"  // without MKL, BlasDeterminism is a no-op
+
 extern "C" {
-// Present when torch's BLAS is MKL (weak: absent elsewhere, and then BlasDeterminism is a
-// no-op).
-int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
             const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
             const float* beta, float* c, const int* ldc);

@@ -4,10 +4,8 @@
 #include <cstring>
 
 #include "../../lstm_cell.h"
+#include "../mkl_threads.h"
 #include "kernels.h"
-
-// Present when torch's BLAS is MKL (see blas.h).
-extern "C" int MKL_Set_Num_Threads_Local(int n) __attribute__((weak));
 
 namespace fused_lstm::cpu {
 namespace generic {

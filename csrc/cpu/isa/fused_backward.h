@@ -40,7 +40,9 @@ void panel_tile(const FusedBackwardArgs& a, const PanelGemm& g, int64_t row, int
   const float* rows[kTileRows];
   for (int r = 0; r < R; ++r) rows[r] = a.dgates + (row + r0 + r) * G;
   Vec acc[R][4];
-  if (!tile_block<R, 4>(acc, rows, G, nullptr, k_lo, k_hi, G, kKBlock,
+  // All of K is the first operand; the second, never reached, is passed as the same rows
+  // (a null one drew -Warray-bounds from GCC, which cannot see that its loop is empty).
+  if (!tile_block<R, 4>(acc, rows, G, rows, k_lo, k_hi, G, kKBlock,
                         g.panels + c * G * 4 * W, partial, pf)) {
     return;
   }
