@@ -86,6 +86,10 @@ struct NextBlock {
 
   // The prefetches of tile `tile` of `tiles`, each sweeping its block's k_steps rows
   // (`ahead` passes through): slice `tile` of the next block, as large as the tiles are many.
+  // One line per k step covers the slice while step <= 64 bytes, i.e. from 4 tiles up (4W
+  // floats per k). With 3 tiles (13-18 rows: thread_plan prefetches only above 12) the
+  // pointer steps ~86 bytes and skips every fourth line, and a short last K block followed
+  // by a full one steps further still: those lines are left to the hardware prefetcher.
   Prefetch share(int64_t tiles, int64_t tile, int64_t k_steps, bool ahead) const {
     if (!enabled) return {ahead, false, 0, 0};
     const int64_t step = (bytes + tiles * k_steps - 1) / (tiles * k_steps);
