@@ -191,15 +191,14 @@ def test_register_tiles_keep_their_accumulators_in_registers():
     for name, parts in disassembly().items():
         tile = re.search(r"fused_lstm::cpu::((?:avx2|avx512)::"
                          r"(?:fused_tile<\d+, \d+>|panel_tile<\d+>))\(", name)
-        # The GEMM's R x 4 tiles (gemm.h), one lambda of gemm_rows per R.
-        gemm = re.search(r"fused_lstm::cpu::(avx512)::gemm_rows\(.*\)::\{lambda\(\)#1\}::"
-                         r"operator\(\)<(\d+)>", name)
+        # The GEMM's R x 4 tiles (gemm.h), in gemm_rows or in lambdas of it per R; R comes
+        # from the loop's FMA count.
+        gemm = re.search(r"fused_lstm::cpu::(avx512)::gemm_rows\(", name)
         # The weight-gradient tiles of NV vectors: dw_columns<NV> holds its R-row loops,
         # inlined or in lambdas of their own; R comes from the loop's FMA count.
         dw = re.search(r"fused_lstm::cpu::(avx2|avx512)::dw_columns<(\d+)>\(", name)
-        tile_key = (tile.group(1) if tile else
-                    f"{gemm.group(1)}::gemm_tile<{gemm.group(2)}>" if gemm else None)
-        if not tile_key and not dw:
+        tile_key = tile.group(1) if tile else None
+        if not tile_key and not dw and not gemm:
             continue
         if tile_key:
             sizes = [int(v) for v in re.findall(r"\d+", tile_key.split("::")[1])]
@@ -216,6 +215,8 @@ def test_register_tiles_keep_their_accumulators_in_registers():
                     key = tile_key
                 elif dw and fmas and fmas % int(dw.group(2)) == 0:
                     key = f"{dw.group(1)}::dw_tile<{fmas // int(dw.group(2))}, {dw.group(2)}>"
+                elif gemm and fmas and fmas % 4 == 0:
+                    key = f"{gemm.group(1)}::gemm_tile<{fmas // 4}>"
                 else:
                     continue
                 if straight:

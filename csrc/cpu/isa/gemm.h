@@ -9,17 +9,21 @@
 //   = A^T is packed per block of rows and K into strips of kTileRows rows, [k][kTileRows]
 //   each (A's columns are its rows).
 // - Each thread owns a range of C's rows (or, for a short C, of its panels). Loops, per
-//   thread: row blocks (their C rows stay in L2 across the K blocks), K blocks of
-//   kGemmKBlock (a panel's block, 64 KB with AVX-512, read from L1 and L2 by the row block's
-//   tiles), panels, tiles. (Panels outside the K blocks, each panel's C block kept in L1
-//   over K chunks of 1024, measured 4-20% slower; K blocks of 64 or 32, 5-30% slower; of
-//   128, which fit L1, 1-6% slower than 256 at the LSTM's shapes, as each K block passes
-//   through the C tile once; of 512 within noise of 256 or slower.)
-// - Each K block's sum starts from zero in registers and is then added to C: a chain of
-//   k_block + k / k_block terms, and the same sums whatever the thread count.
+//   thread: row blocks, passes over K, panels, tiles. With A^T packed, a pass is one K block
+//   of kGemmKBlock (a panel's block, 64 KB with AVX-512, read from L1 and L2 by the row
+//   block's tiles) and the row block's C rows stay in L2 across the passes. With A read in
+//   place, a pass takes up to kGemmCacheRows (see there) and the tile keeps its running sum
+//   in L1 between K blocks, so C is written once per pass. (Panels outside the K blocks,
+//   each panel's C block kept in L1 over K chunks of 1024, measured 4-20% slower; K blocks
+//   of 64 or 32, 5-30% slower; of 128, which fit L1, 1-6% slower than 256 at the LSTM's
+//   shapes, as each K block passes through the C tile once; of 512 within noise of 256 or
+//   slower.)
+// - Each K block's sum starts from zero in registers and is then added to the running sum:
+//   a chain of k_block + k / k_block terms, and the same sums whatever the thread count.
 
-// Rows of C per block: up to kGemmCBytes of C rows, touched once per K block, and each K
-// block of a panel is reused over that many rows. Measured at the LSTM's shapes (M, K, N up
+// Rows of C per block with A^T packed: up to kGemmCBytes of C rows, touched once per K block,
+// and each K block of a panel is reused over that many rows (A read in place: always
+// kGemmMaxRowBlock, gemm_rows). Measured at the LSTM's shapes (M, K, N up
 // to 6400, 2048, 4096): 256 KB to 1.5 MB and 96 to 192 rows within noise of each other,
 // 192 KB with 96 rows 3-25% slower.
 constexpr int64_t kGemmCBytes = int64_t{1} << 20;
@@ -34,6 +38,18 @@ inline int64_t gemm_row_block(int64_t n) {
 constexpr int64_t kGemmKBlock = 2 * kKBlock;
 
 inline int64_t gemm_k_block(int64_t k_block) { return k_block > 0 ? k_block : kGemmKBlock; }
+
+// Rows of op(B) per pass over C with op(A) read in place: whole sums of sum_block terms, up to
+// kGemmCacheRows (a 256 KB block of a panel with AVX-512, which the row block's tiles read
+// from L2). Measured on two Zen 5 cores at (M, N, K) = (1600, 4096, 1024), the large hidden
+// layer's projection, medians of 8 alternating blocks: 349 GFLOP/s with a pass per sum (C,
+// 60 rows of it, through L2 for every sum), 363 with passes of 1024 rows, 377 with those and
+// 192-row blocks; (1600, 1024, 4096) and (6400, 512, 2048) even (365 / 366, 379 / 375).
+constexpr int64_t kGemmCacheRows = 1024;
+inline int64_t gemm_cache_k(int64_t k, int64_t sum_block) {
+  const int64_t sums = imin(k, kGemmCacheRows) / sum_block;
+  return sums < 1 ? sum_block : sums * sum_block;
+}
 
 // One thread's strips of op(A) = A^T: a row block by a K block.
 inline int64_t gemm_strip_floats(int64_t n, int64_t k, int64_t k_block) {
@@ -93,40 +109,55 @@ void gemm_pack_a(const GemmArgs& g, int64_t m0, int64_t rows, int64_t k0, int64_
 }
 
 // C rows [0, R) by the panel's `cols` columns (c points at the tile's first element) +=
-// op(A) rows @ panel over kb; `first`: the first K block, where C = beta C + the sum
-// instead. op(A)'s row r at k is a[r + k * kTileRows] in a packed strip (kPacked),
-// else a[r * lda + k] (rows of A read in place: no packing needed).
+// op(A) rows @ panel over kb, in sums of sum_block terms; `first`: the first K block, where
+// C = beta C + the sum instead. op(A)'s row r at k is a[r + k * kTileRows] in a packed strip
+// (kPacked), else a[r * lda + k] (rows of A read in place: no packing needed). Between the
+// sums the running total is parked in `partial` (R x 4W floats, in L1), not in C: C is
+// read at most once per call and written once, whatever kb / sum_block, and the additions
+// are the same as adding each sum into C.
 template <int R, bool kPacked>
 LSTM_TILE_INLINE void gemm_tile(const float* a, int64_t lda, const float* panel, int64_t kb,
-                                float* c, int64_t ldc, int64_t cols, bool first, float beta) {
+                                int64_t sum_block, float* c, int64_t ldc, int64_t cols,
+                                bool first, float beta, float* partial) {
   constexpr int W = Vec::kWidth;
   constexpr int64_t step = kPacked ? kTileRows : 1;
   const float* rows[R];
   for (int r = 0; r < R; ++r) rows[r] = kPacked ? a + r : a + r * lda;
-  Vec acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < 4; ++v) acc[r][v] = Vec(0.0f);
   const float* w = panel;
-  for (int64_t kk = 0; kk < kb; ++kk, w += 4 * W) {
-    Vec wv[4];
-    for (int v = 0; v < 4; ++v) wv[v] = Vec::load(w + v * W);
-    for (int r = 0; r < R; ++r) {
-      const Vec xr(rows[r][kk * step]);
-      for (int v = 0; v < 4; ++v) acc[r][v] = fmadd(xr, wv[v], acc[r][v]);
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int v = 0; v < 4; ++v) {
-      const int64_t n = imin(W, cols - v * W);
-      if (n <= 0) break;
-      float* p = c + r * ldc + v * W;
-      Vec out = acc[r][v];
-      if (!first) {
-        out = out + load_n<Vec>(p, n);
-      } else if (beta != 0.0f) {  // beta = 0 never reads C (it may hold NaN)
-        out = fmadd(Vec(beta), load_n<Vec>(p, n), out);
+  for (int64_t s0 = 0; s0 < kb; s0 += sum_block) {
+    const int64_t s1 = imin(kb, s0 + sum_block);
+    Vec acc[R][4];
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 4; ++v) acc[r][v] = Vec(0.0f);
+    for (int64_t kk = s0; kk < s1; ++kk, w += 4 * W) {
+      Vec wv[4];
+      for (int v = 0; v < 4; ++v) wv[v] = Vec::load(w + v * W);
+      for (int r = 0; r < R; ++r) {
+        const Vec xr(rows[r][kk * step]);
+        for (int v = 0; v < 4; ++v) acc[r][v] = fmadd(xr, wv[v], acc[r][v]);
       }
-      store_n(out, p, n);
+    }
+    const bool last = s1 == kb;
+    for (int r = 0; r < R; ++r) {
+      for (int v = 0; v < 4; ++v) {
+        const int64_t n = imin(W, cols - v * W);
+        if (n <= 0) break;
+        float* p = c + r * ldc + v * W;
+        float* part = partial + (r * 4 + v) * W;
+        Vec out = acc[r][v];
+        if (s0 > 0) {
+          out = out + Vec::load(part);
+        } else if (!first) {
+          out = out + load_n<Vec>(p, n);
+        } else if (beta != 0.0f) {  // beta = 0 never reads C (it may hold NaN)
+          out = fmadd(Vec(beta), load_n<Vec>(p, n), out);
+        }
+        if (last) {
+          store_n(out, p, n);
+        } else {
+          out.store(part);
+        }
+      }
     }
   }
 }
@@ -135,7 +166,13 @@ LSTM_TILE_INLINE void gemm_tile(const float* a, int64_t lda, const float* panel,
 void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_hi,
                int64_t p_lo, int64_t p_hi, float* strips) {
   constexpr int W = Vec::kWidth;
-  const int64_t row_block = gemm_row_block(g.n), k_block = gemm_k_block(g.k_block);
+  const int64_t sum_block = gemm_k_block(g.k_block);
+  // A read in place: C is written once per pass of up to kGemmCacheRows rows of op(B), so its
+  // rows need not stay in L2 and a row block can take kGemmMaxRowBlock rows (more tiles per
+  // panel block brought into L2). Packed strips of A^T: one pass per sum.
+  const int64_t row_block = g.trans_a ? gemm_row_block(g.n) : kGemmMaxRowBlock;
+  const int64_t k_block = g.trans_a ? sum_block : gemm_cache_k(g.k, sum_block);
+  alignas(64) float partial[kTileRows * 4 * W];
   for (int64_t m0 = m_lo; m0 < m_hi; m0 += row_block) {
     const int64_t rows = imin(row_block, m_hi - m0);
     for (int64_t k0 = 0; k0 < g.k; k0 += k_block) {
@@ -148,10 +185,11 @@ void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_h
           float* c = g.c + (m0 + r0) * g.ldc + p * 4 * W;
           with_rows(imin(kTileRows, rows - r0), [&]<int R>() {
             if (g.trans_a) {
-              gemm_tile<R, true>(strips + r0 * kb, 0, panel, kb, c, g.ldc, cols, k0 == 0, g.beta);
+              gemm_tile<R, true>(strips + r0 * kb, 0, panel, kb, sum_block, c, g.ldc, cols,
+                                 k0 == 0, g.beta, partial);
             } else {
-              gemm_tile<R, false>(g.a + (m0 + r0) * g.lda + k0, g.lda, panel, kb, c, g.ldc, cols,
-                                  k0 == 0, g.beta);
+              gemm_tile<R, false>(g.a + (m0 + r0) * g.lda + k0, g.lda, panel, kb, sum_block, c,
+                                  g.ldc, cols, k0 == 0, g.beta, partial);
             }
           });
         }
