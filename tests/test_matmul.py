@@ -46,7 +46,7 @@ def test_matches_float64_within_2x_of_torch(isa, gemm, m, n, k, trans_a, trans_b
     assert_within_2x_of_torch(got, want, op(a, trans_a) @ op(b, trans_b))
 
 
-# K = 2300 with A read in place: three passes over C (gemm.h: kGemmCacheRows), each of
+# K = 2300 with A read in place: three passes over C (gemm.h: kGemmPassRows), each of
 # several sums.
 @pytest.mark.parametrize("beta", [0.0, 1.0, -0.5])
 @pytest.mark.parametrize("k_block", [0, 32])

@@ -12,7 +12,7 @@
 //   thread: row blocks, passes over K, panels, tiles. With A^T packed, a pass is one K block
 //   of kGemmKBlock (a panel's block, 64 KB with AVX-512, read from L1 and L2 by the row
 //   block's tiles) and the row block's C rows stay in L2 across the passes. With A read in
-//   place, a pass takes up to kGemmCacheRows (see there) and the tile keeps its running sum
+//   place, a pass takes up to kGemmPassRows (see there) and the tile keeps its running sum
 //   in L1 between K blocks, so C is written once per pass. (Panels outside the K blocks,
 //   each panel's C block kept in L1 over K chunks of 1024, measured 4-20% slower; K blocks
 //   of 64 or 32, 5-30% slower; of 128, which fit L1, 1-6% slower than 256 at the LSTM's
@@ -40,14 +40,14 @@ constexpr int64_t kGemmKBlock = 2 * kKBlock;
 inline int64_t gemm_k_block(int64_t k_block) { return k_block > 0 ? k_block : kGemmKBlock; }
 
 // Rows of op(B) per pass over C with op(A) read in place: whole sums of sum_block terms, up to
-// kGemmCacheRows (a 256 KB block of a panel with AVX-512, which the row block's tiles read
+// kGemmPassRows (a 256 KB block of a panel with AVX-512, which the row block's tiles read
 // from L2). Measured on two Zen 5 cores at (M, N, K) = (1600, 4096, 1024), the large hidden
 // layer's projection, medians of 8 alternating blocks: 349 GFLOP/s with a pass per sum (C,
 // 60 rows of it, through L2 for every sum), 363 with passes of 1024 rows, 377 with those and
 // 192-row blocks; (1600, 1024, 4096) and (6400, 512, 2048) even (365 / 366, 379 / 375).
-constexpr int64_t kGemmCacheRows = 1024;
-inline int64_t gemm_cache_k(int64_t k, int64_t sum_block) {
-  const int64_t sums = imin(k, kGemmCacheRows) / sum_block;
+constexpr int64_t kGemmPassRows = 1024;
+inline int64_t gemm_pass_k(int64_t k, int64_t sum_block) {
+  const int64_t sums = imin(k, kGemmPassRows) / sum_block;
   return sums < 1 ? sum_block : sums * sum_block;
 }
 
@@ -167,16 +167,16 @@ void gemm_rows(const GemmArgs& g, const float* panels, int64_t m_lo, int64_t m_h
                int64_t p_lo, int64_t p_hi, float* strips) {
   constexpr int W = Vec::kWidth;
   const int64_t sum_block = gemm_k_block(g.k_block);
-  // A read in place: C is written once per pass of up to kGemmCacheRows rows of op(B), so its
+  // A read in place: C is written once per pass of up to kGemmPassRows rows of op(B), so its
   // rows need not stay in L2 and a row block can take kGemmMaxRowBlock rows (more tiles per
   // panel block brought into L2). Packed strips of A^T: one pass per sum.
   const int64_t row_block = g.trans_a ? gemm_row_block(g.n) : kGemmMaxRowBlock;
-  const int64_t k_block = g.trans_a ? sum_block : gemm_cache_k(g.k, sum_block);
+  const int64_t pass_k = g.trans_a ? sum_block : gemm_pass_k(g.k, sum_block);
   alignas(64) float partial[kTileRows * 4 * W];
   for (int64_t m0 = m_lo; m0 < m_hi; m0 += row_block) {
     const int64_t rows = imin(row_block, m_hi - m0);
-    for (int64_t k0 = 0; k0 < g.k; k0 += k_block) {
-      const int64_t kb = imin(k_block, g.k - k0);
+    for (int64_t k0 = 0; k0 < g.k; k0 += pass_k) {
+      const int64_t kb = imin(pass_k, g.k - k0);
       if (g.trans_a) gemm_pack_a(g, m0, rows, k0, kb, strips);
       for (int64_t p = p_lo; p < p_hi; ++p) {
         const float* panel = panels + (p * g.k + k0) * 4 * W;
