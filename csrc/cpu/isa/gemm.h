@@ -13,8 +13,8 @@
 //   of kGemmKBlock (a panel's block, 64 KB with AVX-512, read from L1 and L2 by the row
 //   block's tiles) and the row block's C rows stay in L2 across the passes. With A read in
 //   place, a pass takes up to kGemmPassRows (see there) and the tile keeps its running sum
-//   in L1 between K blocks, so C is written once per pass. (Panels outside the K blocks,
-//   each panel's C block kept in L1 over K chunks of 1024, measured 4-20% slower; K blocks
+//   in L1 between K blocks, so C is written once per pass. (The panel loop outermost, each
+//   panel's C block kept in L1 over K chunks of 1024, measured 4-20% slower; K blocks
 //   of 64 or 32, 5-30% slower; of 128, which fit L1, 1-6% slower than 256 at the LSTM's
 //   shapes, as each K block passes through the C tile once; of 512 within noise of 256 or
 //   slower.)
@@ -114,7 +114,8 @@ void gemm_pack_a(const GemmArgs& g, int64_t m0, int64_t rows, int64_t k0, int64_
 // (kPacked), else a[r * lda + k] (rows of A read in place: no packing needed). Between the
 // sums the running total is parked in `partial` (R x 4W floats, in L1), not in C: C is
 // read at most once per call and written once, whatever kb / sum_block, and the additions
-// are the same as adding each sum into C.
+// are the same as adding each sum into C. (tile.h's tile_block parks sums the same way, but
+// indexes its rows as a_rows[r][k] and knows no C or beta: a packed strip's rows interleave.)
 template <int R, bool kPacked>
 LSTM_TILE_INLINE void gemm_tile(const float* a, int64_t lda, const float* panel, int64_t kb,
                                 int64_t sum_block, float* c, int64_t ldc, int64_t cols,
