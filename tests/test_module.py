@@ -161,6 +161,30 @@ def test_replaced_weight_of_wrong_shape_raises():
         fused(torch.randn(5, 2, 3))
 
 
+def test_parametrized_weight_is_read_through_its_parametrization():
+    """A weight under torch.nn.utils.parametrize leaves _parameters: FusedLSTM must read the
+    computed weight and pass the gradient on to the original."""
+    class Double(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    fused = FusedLSTM(3, 4, num_layers=2)
+    ref = nn.LSTM(3, 4, num_layers=2)
+    ref.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        ref.weight_hh_l1.mul_(2)
+    nn.utils.parametrize.register_parametrization(fused, "weight_hh_l1", Double())
+    x = torch.randn(10, 20, 3)  # B = 20, T = 10: the fused kernels' stacked path
+    out, (h, c) = fused(x)
+    out_ref, (h_ref, c_ref) = ref(x)
+    for a, b in ((out, out_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    out.sum().backward()
+    out_ref.sum().backward()
+    original = fused.parametrizations.weight_hh_l1.original
+    torch.testing.assert_close(original.grad, 2 * ref.weight_hh_l1.grad, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(input_size=0, hidden_size=4), "input_size must be a positive int, got 0"),
     (dict(input_size=3, hidden_size=-1), "hidden_size must be a positive int, got -1"),

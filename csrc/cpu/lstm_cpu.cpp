@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstring>
+
 #include "../ops.h"
 #include "buffer_cache.h"
 #include "lstm_cpu.h"
@@ -59,31 +61,40 @@ bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bo
 }
 
 FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
-                                    const at::Tensor& h0, const at::Tensor& w_ih,
-                                    const at::Tensor& w_hh, const at::Tensor& bias,
-                                    bool reverse, bool train, const at::Tensor& output,
-                                    const at::Tensor& cell, const at::Tensor& c_n) {
+                                    const float* h0, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const float* b_ih,
+                                    const float* b_hh, bool reverse, bool train,
+                                    const at::Tensor& output, const at::Tensor& cell,
+                                    float* c_n) {
   return {n.T, n.B, n.I, n.H, n.offsets.data(), reverse, hoist_projection(n), 0, n.T,
-          input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(),
-          bias.data_ptr<float>(), h0.data_ptr<float>(), nullptr, 0,
+          input.data_ptr<float>(), w_ih.data_ptr<float>(), w_hh.data_ptr<float>(), b_ih, b_hh,
+          h0, nullptr, 0,
           output.data_ptr<float>(), train ? cell.data_ptr<float>() : nullptr,
-          c_n.data_ptr<float>(), nullptr, at::get_num_threads()};
+          c_n, nullptr, at::get_num_threads()};
+}
+
+void copy_last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse, void* dst) {
+  TORCH_INTERNAL_ASSERT(output.is_contiguous());
+  // Each sequence's h_n is its output at its own last step: step 0 for all of them in the
+  // reverse direction; forward, step t is the last for sequences [rows(t + 1), rows(t)).
+  // Plain copies: at T = 1 and (B, H) = (32, 50) the ops' copy_ and stack cost as much as
+  // the step.
+  const int64_t row = output.size(-1) * output.element_size();
+  const char* y = static_cast<const char*>(output.const_data_ptr());
+  char* h = static_cast<char*>(dst);
+  if (reverse) {
+    std::memcpy(h, y, n.B * row);
+    return;
+  }
+  for (int64_t t = 0; t < n.T; ++t) {
+    const int64_t lo = t + 1 < n.T ? n.rows(t + 1) : 0, hi = n.rows(t);
+    if (hi > lo) std::memcpy(h + lo * row, y + (n.offsets[t] + lo) * row, (hi - lo) * row);
+  }
 }
 
 at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse) {
-  // Each sequence's h_n is its output at its own last step: step 0 for all of them in the
-  // reverse direction; forward, step t is the last for sequences [rows(t + 1), rows(t)).
-  const at::Tensor y = output.view({-1, output.size(-1)});
-  at::Tensor h_n = at::empty({n.B, y.size(1)}, output.options());
-  if (reverse) {
-    h_n.copy_(y.narrow(0, 0, n.B));
-  }
-  for (int64_t t = 0; !reverse && t < n.T; ++t) {
-    const int64_t lo = t + 1 < n.T ? n.rows(t + 1) : 0, hi = n.rows(t);
-    if (hi > lo) {
-      h_n.narrow(0, lo, hi - lo).copy_(y.narrow(0, n.offsets[t] + lo, hi - lo));
-    }
-  }
+  at::Tensor h_n = at::empty({n.B, output.size(-1)}, output.options());
+  copy_last_hidden(n, output, reverse, h_n.data_ptr());
   return h_n;
 }
 
@@ -97,18 +108,18 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
                          at::Tensor& workspace, at::Tensor& output, at::Tensor& cell,
                          at::Tensor& c_n) {
   FusedForwardArgs args =
-      fused_forward_args(n, input, h0, w_ih, w_hh, bias, reverse, train, output, cell, c_n);
+      fused_forward_args(n, input, h0.data_ptr<float>(), w_ih, w_hh, bias.data_ptr<float>(),
+                         nullptr, reverse, train, output, cell, c_n.data_ptr<float>());
   const bool hoisted = args.hoisted;
   at::Tensor panels = cached_empty({kernels.panel_floats(n.I, n.H, hoisted)}, input.options());
-  const float* panel_ptr = panels.data_ptr<float>();
+  float* panel_ptr = panels.data_ptr<float>();
   at::Tensor partial = at::empty({args.num_threads * n.B * 64}, input.options());
   args.partial = partial.data_ptr<float>();
-  kernels.pack(args, panels.data_ptr<float>());
   const int64_t G = 4 * n.H;
   float* ws = workspace.data_ptr<float>();
   if (!hoisted) {
     args.gates = train ? ws : nullptr;
-    kernels.forward(&args, 1, &panel_ptr);
+    kernels.forward(&args, 1, &panel_ptr, true);
   }
   // Hoisted: the projection of a chunk of steps (all of them when training) by one GEMM,
   // then the fused steps of that chunk; chunk rows are contiguous in either direction.
@@ -125,7 +136,7 @@ at::Tensor fused_forward(const FusedKernels& kernels, const LayerSizes& n, const
     args.s1 = s1;
     args.gates = gates;
     args.gates_row0 = row_lo;
-    kernels.forward(&args, 1, &panel_ptr);
+    kernels.forward(&args, 1, &panel_ptr, s0 == 0);  // the first chunk packs the panels
   }
   return last_hidden(n, output, reverse);
 }

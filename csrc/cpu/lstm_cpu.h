@@ -25,15 +25,19 @@ bool hoist_projection(const LayerSizes& n);
 // the fused kernels are ahead.
 bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bool proj);
 
-// The fused forward's arguments for all T steps of a layer (float32 tensors, contiguous;
-// cell only read when train); gates, gates_row0 and partial are left for the caller.
+// The fused forward's arguments for all T steps of a layer (float32, contiguous; cell only
+// read when train; b_ih + b_hh is the bias, either may be null); gates, gates_row0 and
+// partial are left for the caller.
 FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
-                                    const at::Tensor& h0, const at::Tensor& w_ih,
-                                    const at::Tensor& w_hh, const at::Tensor& bias,
-                                    bool reverse, bool train, const at::Tensor& output,
-                                    const at::Tensor& cell, const at::Tensor& c_n);
+                                    const float* h0, const at::Tensor& w_ih,
+                                    const at::Tensor& w_hh, const float* b_ih,
+                                    const float* b_hh, bool reverse, bool train,
+                                    const at::Tensor& output, const at::Tensor& cell,
+                                    float* c_n);
 
-// h_n [B, features] of a layer's output: each sequence's output at its own last step.
+// h_n [B, features] of a layer's output (contiguous): each sequence's output at its own last
+// step; copy_last_hidden writes it to dst, B x features elements of output's dtype.
 at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse);
+void copy_last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse, void* dst);
 
 }  // namespace fused_lstm::cpu

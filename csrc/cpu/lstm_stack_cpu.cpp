@@ -21,16 +21,17 @@
 namespace fused_lstm::cpu {
 namespace {
 
-// Layer l's weights in lstm_stack's flat list, contiguous, with the two biases summed.
+// Layer l's weights in lstm_stack's flat list, contiguous; the biases are summed as the
+// kernel packs the weights.
 struct StackWeights {
-  at::Tensor w_ih, w_hh, bias;
+  at::Tensor w_ih, w_hh;
+  std::optional<at::Tensor> b_ih, b_hh;
 };
 
-StackWeights layer_weights(at::TensorList weights, const StackLayout& s, int64_t l,
-                           const at::TensorOptions& opts, int64_t H) {
+StackWeights layer_weights(at::TensorList weights, const StackLayout& s, int64_t l) {
   const at::Tensor* w = weights.data() + l * s.per;
-  return {w[0].contiguous(), w[1].contiguous(),
-          s.has_biases ? (w[2] + w[3]).contiguous() : at::zeros({4 * H}, opts)};
+  if (!s.has_biases) return {w[0].contiguous(), w[1].contiguous(), std::nullopt, std::nullopt};
+  return {w[0].contiguous(), w[1].contiguous(), w[2].contiguous(), w[3].contiguous()};
 }
 
 // Whether the stack runs as a wavefront: the fused kernels for every layer, no hoisted
@@ -64,17 +65,23 @@ Wavefront run_wavefront(const at::Tensor& input_, const at::Tensor& h0_, const a
   const at::Tensor input = input_.contiguous(), h0 = h0_.contiguous();
   Wavefront r;
   r.c_n = c0.contiguous().clone();  // the running c of every layer: c0 in, c_n out
+  const int64_t B = c0.size(1), H = c0.size(2);
+  r.h_n = at::empty({s.layers, B, H}, opts);
   std::vector<LayerSizes> sizes;
   sizes.reserve(s.layers);  // the layers' args point into their offsets
   std::vector<StackWeights> w;
   std::vector<at::Tensor> panels;
   std::vector<FusedForwardArgs> args;
-  std::vector<const float*> panel_ptrs;
+  std::vector<float*> panel_ptrs;
   for (int64_t l = 0; l < s.layers; ++l) {
     const at::Tensor x = l == 0 ? input : r.outputs.back();
-    w.push_back(layer_weights(weights, s, l, opts, c0.size(2)));
+    const StackWeights& lw = w.emplace_back(layer_weights(weights, s, l));
     const LayerSizes& n = sizes.emplace_back(check_forward(
-        x, h0[l], r.c_n[l], w[l].w_ih, w[l].w_hh, w[l].bias, std::nullopt, batch_sizes));
+        x, h0[l], r.c_n[l], lw.w_ih, lw.w_hh, lw.b_ih, std::nullopt, batch_sizes));
+    if (lw.b_hh.has_value()) {
+      const at::Tensor& b_hh = *lw.b_hh;
+      CHECK_TENSOR(b_hh, x, 4 * n.H);
+    }
     const auto rows = [&](int64_t features) {
       std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = features;
@@ -85,20 +92,23 @@ Wavefront run_wavefront(const at::Tensor& input_, const at::Tensor& h0_, const a
       r.gates.push_back(rows(4 * n.H));
       r.cells.push_back(rows(n.H));
     }
-    args.push_back(fused_forward_args(n, x, h0[l], w[l].w_ih, w[l].w_hh, w[l].bias, false,
-                                      train, r.outputs[l], train ? r.cells[l] : at::Tensor(),
-                                      r.c_n[l]));
+    const auto ptr = [](const std::optional<at::Tensor>& b) {
+      return b.has_value() ? b->data_ptr<float>() : nullptr;
+    };
+    args.push_back(fused_forward_args(
+        n, x, h0.data_ptr<float>() + l * B * H, lw.w_ih, lw.w_hh, ptr(lw.b_ih), ptr(lw.b_hh),
+        false, train, r.outputs[l], train ? r.cells[l] : at::Tensor(),
+        r.c_n.data_ptr<float>() + l * B * H));
     if (train) args[l].gates = r.gates[l].data_ptr<float>();
     panels.push_back(cached_empty({kernels.panel_floats(n.I, n.H, false)}, opts));
-    kernels.pack(args[l], panels[l].data_ptr<float>());
     panel_ptrs.push_back(panels[l].data_ptr<float>());
   }
-  at::Tensor partial = at::empty({args[0].num_threads * sizes[0].B * 64}, opts);
+  at::Tensor partial = at::empty({args[0].num_threads * B * 64}, opts);
   for (FusedForwardArgs& a : args) a.partial = partial.data_ptr<float>();
-  kernels.forward(args.data(), s.layers, panel_ptrs.data());
-  std::vector<at::Tensor> h_n;
-  for (int64_t l = 0; l < s.layers; ++l) h_n.push_back(last_hidden(sizes[l], r.outputs[l], false));
-  r.h_n = at::stack(h_n);
+  kernels.forward(args.data(), s.layers, panel_ptrs.data(), true);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    copy_last_hidden(sizes[l], r.outputs[l], false, r.h_n.data_ptr<float>() + l * B * H);
+  }
   return r;
 }
 

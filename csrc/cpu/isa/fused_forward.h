@@ -4,7 +4,10 @@
 //
 // Weights are packed once per call into panels, one per group of W = Vec::kWidth hidden
 // units: panel q is [K][i|f|g|o][W] for K = (hoisted ? 0 : I) + H, so one step of the k loop
-// loads the 4 gate vectors of the group from one contiguous 4W floats. A tile of R <= 6 rows
+// loads the 4 gate vectors of the group from one contiguous 4W floats. The threads pack them
+// inside the time loop's parallel region, each the groups it computes (or, when every thread
+// reads all groups, a share of them and then one barrier): no parallel region of its own,
+// and a thread's own panels land in its own cache. A tile of R <= 6 rows
 // (tile.h) keeps its R x 4 accumulators in registers over all of K; the epilogue adds the
 // bias (and the hoisted input projection), applies sigmoid/tanh, updates c and writes h_t
 // straight into the output, which is the next step's input. Nothing is allocated.
@@ -24,68 +27,63 @@ inline int group_vectors(int64_t H, int64_t q) {
   return w >= Vec::kWidth ? 4 : static_cast<int>((4 * w + Vec::kWidth - 1) / Vec::kWidth);
 }
 
-// Panels start every K x 4W floats whatever their width (prefetch and threads index them so).
-int64_t panel_floats(int64_t I, int64_t H, bool hoisted) {
+// Panels start every K x 4W floats whatever their width (prefetch and threads index them so);
+// after them the layer's summed bias, 4H floats.
+inline int64_t panels_floats(int64_t I, int64_t H, bool hoisted) {
   return num_groups(H) * ((hoisted ? 0 : I) + H) * 4 * Vec::kWidth;
 }
 
-// Element (row, k) of the [W_ih | W_hh] concatenation (Kx columns of W_ih: none when the
-// projection is hoisted).
-inline float weight_at(const FusedForwardArgs& a, int64_t Kx, int64_t row, int64_t k) {
-  return k < Kx ? a.w_ih[row * a.I + k] : a.w_hh[row * a.H + (k - Kx)];
+int64_t panel_floats(int64_t I, int64_t H, bool hoisted) {
+  return panels_floats(I, H, hoisted) + 4 * H;
 }
 
-// Columns [k0, k0 + n) of row `row` of that concatenation, zeros past n.
-inline Vec weight_segment(const FusedForwardArgs& a, int64_t Kx, int64_t row, int64_t k0,
-                          int64_t n) {
-  if (k0 >= Kx) return load_n<Vec>(a.w_hh + row * a.H + (k0 - Kx), n);
-  if (k0 + n <= Kx) return load_n<Vec>(a.w_ih + row * a.I + k0, n);
-  float part[Vec::kWidth] = {};
-  for (int64_t k = k0; k < k0 + n; ++k) part[k - k0] = weight_at(a, Kx, row, k);
-  return Vec::load(part);
+inline const float* packed_bias(const FusedForwardArgs& a, const float* panels) {
+  return panels + panels_floats(a.I, a.H, a.hoisted);
 }
 
-// A full group's panel, W x W blocks at a time: W rows (units) of one gate by W columns
-// (k), transposed in registers (a 1 MB W_hh took 65 us packed one float at a time, 4.5% of
-// the forward at B = 1).
-void pack_full_group(const FusedForwardArgs& a, int64_t q, float* panel) {
+// Group q's panel, W x W blocks at a time: W rows (units) of one gate by W columns (k) of
+// W_ih, then of W_hh, transposed in registers. A narrow group's rows past its units are
+// zeros, and its gates are stored back to back (see above). Packing one float at a time
+// took 65 us for a 1 MB W_hh (4.5% of the forward at B = 1); blocks that straddled W_ih's
+// end and W_hh's start, packed so, took 40% of a T = 1 call at (B, I, H) = (32, 50, 50).
+void pack_group(const FusedForwardArgs& a, int64_t q, float* panel) {
   constexpr int W = Vec::kWidth;
-  const int64_t Kx = a.hoisted ? 0 : a.I, K = Kx + a.H;
+  const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I;
+  const int64_t units = imin(W, H - q * W);
+  const int nv = group_vectors(H, q);
+  const int64_t lanes = nv == 4 ? W : units;  // per gate
+  const int64_t stride = nv * W;              // floats per k
+  for (int64_t k = 0; 4 * lanes < stride && k < Kx + H; ++k) {
+    for (int64_t u = 4 * lanes; u < stride; ++u) panel[k * stride + u] = 0.0f;
+  }
   for (int g = 0; g < 4; ++g) {
-    const int64_t row0 = g * a.H + q * W;
-    for (int64_t k0 = 0; k0 < K; k0 += W) {
-      const int64_t n = imin(W, K - k0);
-      Vec block[W];
-      for (int u = 0; u < W; ++u) block[u] = weight_segment(a, Kx, row0 + u, k0, n);
-      transpose(block);
-      for (int64_t k = 0; k < n; ++k) block[k].store(panel + (k0 + k) * 4 * W + g * W);
+    const int64_t row0 = g * H + q * W;
+    for (int part = 0; part < 2; ++part) {  // the columns of W_ih, then of W_hh
+      const float* m = part == 0 ? a.w_ih : a.w_hh;
+      const int64_t cols = part == 0 ? Kx : H, k_first = part == 0 ? 0 : Kx;
+      for (int64_t k0 = 0; k0 < cols; k0 += W) {
+        const int64_t n = imin(W, cols - k0);
+        Vec block[W];
+        for (int u = 0; u < W; ++u) {
+          block[u] = u < units ? load_n<Vec>(m + (row0 + u) * cols + k0, n) : Vec(0.0f);
+        }
+        transpose(block);
+        for (int64_t k = 0; k < n; ++k) {
+          store_n(block[k], panel + (k_first + k0 + k) * stride + g * lanes, lanes);
+        }
+      }
     }
   }
 }
 
-void pack_panels(const FusedForwardArgs& a, float* panels) {
-  constexpr int W = Vec::kWidth;
-  const int64_t H = a.H, Kx = a.hoisted ? 0 : a.I, K = Kx + H, groups = num_groups(H);
-#pragma omp parallel for num_threads(a.num_threads) schedule(static)
-  for (int64_t q = 0; q < groups; ++q) {
-    if (H - q * W >= W) {
-      pack_full_group(a, q, panels + q * K * 4 * W);
-      continue;
-    }
-    const int nv = group_vectors(H, q);
-    // The narrow last group, a few units packed one float at a time: padded to W lanes per
-    // gate in 4 vectors, else back to back.
-    const int64_t lanes = nv == 4 ? W : H - q * W;  // per gate
-    float* panel = panels + q * K * 4 * W;
-    for (int64_t k = 0; k < K; ++k) {
-      float* dst = panel + k * nv * W;
-      for (int64_t u = 4 * lanes; u < nv * W; ++u) dst[u] = 0.0f;
-      for (int g = 0; g < 4; ++g) {
-        for (int64_t u = 0; u < lanes; ++u) {
-          const int64_t j = q * W + u;
-          dst[g * lanes + u] = j >= H ? 0.0f : weight_at(a, Kx, g * H + j, k);
-        }
-      }
+// Groups [q_lo, q_hi) of the layer's panels, and the bias b_ih + b_hh of their units.
+void pack_groups(const FusedForwardArgs& a, float* panels, int64_t q_lo, int64_t q_hi) {
+  const int64_t H = a.H, K = (a.hoisted ? 0 : a.I) + H;
+  for (int64_t q = q_lo; q < q_hi; ++q) pack_group(a, q, panels + q * K * 4 * Vec::kWidth);
+  float* bias = panels + panels_floats(a.I, H, a.hoisted);
+  for (int g = 0; g < 4; ++g) {
+    for (int64_t j = g * H + q_lo * Vec::kWidth; j < g * H + imin(H, q_hi * Vec::kWidth); ++j) {
+      bias[j] = (a.b_ih ? a.b_ih[j] : 0.0f) + (a.b_hh ? a.b_hh[j] : 0.0f);
     }
   }
 }
@@ -133,9 +131,10 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
                          panels + q * K * 4 * W, partial, pf)) {
     return;
   }
-  const Vec b_i = load_n<Vec>(a.bias + j0, n), b_f = load_n<Vec>(a.bias + H + j0, n);
-  const Vec b_g = load_n<Vec>(a.bias + 2 * H + j0, n), b_o = load_n<Vec>(a.bias + 3 * H + j0, n);
-  const Vec b_packed = NV == 1 ? load_packed(a.bias + j0, H, n) : Vec(0.0f);
+  const float* bias = packed_bias(a, panels);
+  const Vec b_i = load_n<Vec>(bias + j0, n), b_f = load_n<Vec>(bias + H + j0, n);
+  const Vec b_g = load_n<Vec>(bias + 2 * H + j0, n), b_o = load_n<Vec>(bias + 3 * H + j0, n);
+  const Vec b_packed = NV == 1 ? load_packed(bias + j0, H, n) : Vec(0.0f);
   for (int r = 0; r < R; ++r) {
     const int64_t row = a.offsets[t] + r0 + r;
     float* pre = a.gates ? a.gates + (row - a.gates_row0) * 4 * H + j0 : nullptr;
@@ -270,13 +269,23 @@ ThreadPlan thread_plan(const FusedForwardArgs& a) {
   return {split_rows, thread_bytes > kL2Bytes && thread_rows > 2 * kTileRows};
 }
 
+// Thread tid's share [q_lo, q_hi) of `groups` hidden groups.
+struct GroupShare {
+  int64_t q_lo, q_hi;
+  GroupShare(int64_t groups, int64_t tid, int64_t threads) {
+    const int64_t per = (groups + threads - 1) / threads;
+    q_lo = imin(groups, tid * per);
+    q_hi = imin(groups, q_lo + per);
+  }
+};
+
 // Steps [s0, s1) of `num_layers` stacked layers (layer l's x is layer l - 1's y; all share
 // T, B, offsets, s0, s1, num_threads and the partial scratch), as a wavefront: step s of
 // layer l runs right after step s of layer l - 1, whose output it reads. When every layer
 // splits its rows, a thread's rows depend on its own rows only (in time and across layers):
 // no barrier at all. Otherwise one barrier per layer and step, as layer by layer.
-void fused_forward(const FusedForwardArgs* layers, int64_t num_layers,
-                   const float* const* panels) {
+void fused_forward(const FusedForwardArgs* layers, int64_t num_layers, float* const* panels,
+                   bool pack) {
   ThreadPlan plans[kMaxWavefrontLayers];
   bool barrier_free = true;
   for (int64_t l = 0; l < num_layers; ++l) {
@@ -290,6 +299,14 @@ void fused_forward(const FusedForwardArgs* layers, int64_t num_layers,
     const int64_t tid = omp_get_thread_num(), threads = omp_get_num_threads();
 #pragma omp single
     barrier.start(static_cast<int>(threads));
+    // Each thread packs its own groups, or a share of the groups that every thread reads.
+    bool shared = false;
+    for (int64_t l = 0; pack && l < num_layers; ++l) {
+      const GroupShare share(num_groups(layers[l].H), tid, threads);
+      pack_groups(layers[l], panels[l], share.q_lo, share.q_hi);
+      shared = shared || plans[l].split_rows;
+    }
+    if (shared) barrier.wait();
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
     const int64_t rows = (a.B + threads - 1) / threads;
     const int64_t r_lo = imin(a.B, tid * rows), r_hi = imin(a.B, r_lo + rows);
@@ -300,9 +317,9 @@ void fused_forward(const FusedForwardArgs* layers, int64_t num_layers,
         if (plans[l].split_rows) {
           fused_step(layer, panels[l], s, r_lo, r_hi, 0, groups, plans[l].from_l3, partial);
         } else {
-          const int64_t per = (groups + threads - 1) / threads;
-          const int64_t q_lo = imin(groups, tid * per), q_hi = imin(groups, q_lo + per);
-          fused_step(layer, panels[l], s, 0, a.B, q_lo, q_hi, plans[l].from_l3, partial);
+          const GroupShare share(groups, tid, threads);
+          fused_step(layer, panels[l], s, 0, a.B, share.q_lo, share.q_hi, plans[l].from_l3,
+                     partial);
         }
         if (!barrier_free) barrier.wait();
       }

@@ -28,7 +28,7 @@ CellKernels<float> cell_kernels() {
 }
 
 FusedKernels fused_kernels() {
-  return {&panel_floats, &pack_panels, &fused_forward, &column_panel_floats, &pack_columns,
+  return {&panel_floats, &fused_forward, &column_panel_floats, &pack_columns,
           &fused_backward, &weight_grad_floats, &fma_peak_gflops, nullptr, nullptr};
 }
 

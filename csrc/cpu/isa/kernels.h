@@ -24,7 +24,8 @@ struct FusedForwardArgs {
   bool reverse;
   bool hoisted;            // x @ W_ih^T is already in `gates`; the kernel only adds h @ W_hh^T
   int64_t s0, s1;          // the processing steps to run
-  const float *x, *w_ih, *w_hh, *bias, *h0;
+  // The bias is b_ih + b_hh, summed as the panels are packed; either may be null.
+  const float *x, *w_ih, *w_hh, *b_ih, *b_hh, *h0;
   // [rows, 4H] starting at row gates_row0: the hoisted projection in, the activated gates out
   // when `cell` is given (training); null when neither.
   float* gates;
@@ -82,12 +83,13 @@ constexpr int64_t kMaxWavefrontLayers = 16;
 
 struct FusedKernels {
   int64_t (*panel_floats)(int64_t I, int64_t H, bool hoisted);
-  void (*pack)(const FusedForwardArgs& args, float* panels);
-  // Stacked layers, 1 <= num_layers <= kMaxWavefrontLayers, each with its packed panels:
-  // layer l > 0 reads layer l - 1's y as its x and is not hoisted; all layers share T, B,
-  // offsets, reverse, s0, s1, num_threads and the partial scratch.
-  void (*forward)(const FusedForwardArgs* layers, int64_t num_layers,
-                  const float* const* panels);
+  // Stacked layers, 1 <= num_layers <= kMaxWavefrontLayers, each with its panels (of
+  // panel_floats), which it first packs from the weights when `pack` (else they hold what an
+  // earlier call with the same layers packed): layer l > 0 reads layer l - 1's y as its x and
+  // is not hoisted; all layers share T, B, offsets, reverse, s0, s1, num_threads and the
+  // partial scratch.
+  void (*forward)(const FusedForwardArgs* layers, int64_t num_layers, float* const* panels,
+                  bool pack);
   // Panels of 4W columns of a row-major [K, N] matrix (W_hh for the backward).
   int64_t (*column_panel_floats)(int64_t K, int64_t N);
   void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);
