@@ -65,6 +65,8 @@ inline void prefetch_ahead(const float* w) {
 
 inline void prefetch_next(const char* p) { asm volatile("prefetcht1 (%0)" : : "r"(p)); }
 
+inline void prefetch_l1(const float* p) { asm volatile("prefetcht0 (%0)" : : "r"(p)); }
+
 // The weight block after `block` (rows [k_lo, k_hi) of panel q, in blocks of k_block rows) in
 // a thread's panels [q_lo, q_hi) of K x 4W floats each, which are contiguous and visited in
 // ascending or descending order: the rest of this panel, else the next panel's first block.
