@@ -59,6 +59,8 @@ def test_parity_float64(T, B, layers, batch_first, bidirectional, with_state, bi
     (30, 64, 96, 128, 2),
     (4, 32, 256, 512, 1),  # weights beyond L2: hidden groups split, next blocks prefetched
     (5, 8, 256, 768, 1),   # the same with the projection hoisted (small batch)
+    (2, 2, 64, 256, 1),    # 4 rows: fused from 4 rows at 256 <= H <= 512 (use_fused)
+    (1, 6, 32, 384, 2),
 ])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_error_bound_threaded_sizes(bidirectional, T, B, I, H, layers):

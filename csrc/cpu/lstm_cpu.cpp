@@ -55,9 +55,10 @@ bool hoist_projection(const LayerSizes& n) {
 }
 
 bool use_fused(const LayerSizes& n, const at::Tensor& input, bool has_kernel, bool proj) {
-  constexpr int64_t kMinSteps = 8, kMinRows = 32;
+  constexpr int64_t kMinSteps = 8, kMinRows = 32, kMidMinRows = 4;
+  const bool mid_hidden = n.H >= 256 && n.H <= 512;
   return input.scalar_type() == at::kFloat && has_kernel && !proj &&
-         (n.T >= kMinSteps || n.N >= kMinRows);
+         (n.T >= kMinSteps || n.N >= kMinRows || (mid_hidden && n.N >= kMidMinRows));
 }
 
 FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input,
