@@ -236,7 +236,6 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
 
   if (fused_path) {
     at::Tensor panels = cached_empty({fused.column_panel_floats(4 * n.H, n.H)}, opts);
-    fused.pack_columns(w_hh.data_ptr<float>(), 4 * n.H, n.H, panels.data_ptr<float>(), threads);
     // dx comes from the loop along with the weight gradients (the step's dgates rows are
     // hot), unless the panels would pad I by more than a third: measured with AVX-512
     // (64-column panels), I = 64 and I = 50 gained 4-5% and 2-3% of the backward, I = 32
@@ -245,10 +244,6 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
     const int64_t padded_i = ih_floats / std::max<int64_t>(4 * n.H, 1);
     const bool loop_dx = dw_floats > 0 && input_grad && 3 * padded_i <= 4 * n.I;
     at::Tensor ih_panels = cached_empty({loop_dx ? ih_floats : 0}, opts);
-    if (loop_dx) {
-      fused.pack_columns(w_ih.data_ptr<float>(), 4 * n.H, n.I, ih_panels.data_ptr<float>(),
-                         threads);
-    }
     at::Tensor partial = at::empty({threads * n.B * 64}, opts);
     at::Tensor dw_scratch = at::empty({dw_floats}, opts);
     at::Tensor dbias = at::zeros({n.B, 4 * n.H}, opts);
@@ -260,7 +255,8 @@ lstm_layer_backward(const std::optional<at::Tensor>& grad_output,
         gather ? h_prev.data_ptr<float>() : nullptr, dbias.data_ptr<float>(),
         partial.data_ptr<float>(), threads, input.data_ptr<float>(),
         dw_floats > 0 ? dw_scratch.data_ptr<float>() : nullptr, grad_w_ih.data_ptr<float>(),
-        grad_w_hh.data_ptr<float>(), loop_dx ? ih_panels.data_ptr<float>() : nullptr,
+        grad_w_hh.data_ptr<float>(), w_hh.data_ptr<float>(), w_ih.data_ptr<float>(),
+        loop_dx ? ih_panels.data_ptr<float>() : nullptr,
         loop_dx ? grad_input.data_ptr<float>() : nullptr};
     fused.backward(args, panels.data_ptr<float>());
     if (dw_floats == 0) {

@@ -4,18 +4,18 @@
 //      input the row's previous h is gathered for the dW_hh GEMM after the loop;
 //   2. dh[:n] = dgates[t] @ W_hh, register-tiled over panels of 4W columns of W_hh (and, with
 //      the weight gradients in the loop, dx[t] = dgates[t] @ W_ih the same way).
-// One OpenMP region for the whole loop. Rows are independent, so with enough of them each
-// thread takes its own rows and never waits; otherwise each thread takes a range of column
-// panels of dh in phase 2 and the same hidden units in phase 1, with one barrier per step,
-// between the phases.
+// One OpenMP region for the whole loop, which starts by packing the weights into column
+// panels (as the forward does: each thread its own panels, or a share and one barrier). Rows
+// are independent, so with enough of them each thread takes its own rows and never waits;
+// otherwise each thread takes a range of column panels of dh in phase 2 and the same hidden
+// units in phase 1, with one barrier per step, between the phases.
 
 int64_t column_panel_floats(int64_t K, int64_t N) { return column_panels(N) * K * 4 * Vec::kWidth; }
 
-// W ([K, N], row-major) as column panels (pack_column_panel), one per 4W columns.
-void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int num_threads) {
-  const int64_t blocks = column_panels(N);
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-  for (int64_t c = 0; c < blocks; ++c) {
+// Column panels [c_lo, c_hi) of W ([K, N], row-major; pack_column_panel).
+void pack_columns(const float* w, int64_t K, int64_t N, float* panels, int64_t c_lo,
+                  int64_t c_hi) {
+  for (int64_t c = c_lo; c < c_hi; ++c) {
     pack_column_panel(w, N, K, N, c, panels + c * K * 4 * Vec::kWidth);
   }
 }
@@ -107,7 +107,7 @@ void cell_rows_backward(const FusedBackwardArgs& a, int64_t s, int64_t lo, int64
   }
 }
 
-void fused_backward(const FusedBackwardArgs& a, const float* panels) {
+void fused_backward(const FusedBackwardArgs& a, float* panels) {
   const int64_t blocks = column_panels(a.H), dx_blocks = column_panels(a.I);
   const PanelGemm dh{panels, a.H, a.dh, a.H};
   const int nt = a.num_threads;
@@ -120,10 +120,15 @@ void fused_backward(const FusedBackwardArgs& a, const float* panels) {
 #pragma omp single
     barrier.start(static_cast<int>(threads));
     float* partial = a.partial + tid * a.B * 4 * Vec::kWidth;
-    const int64_t per_row = (a.B + threads - 1) / threads;
-    const int64_t lo = imin(a.B, tid * per_row), hi = imin(a.B, lo + per_row);
-    const int64_t per_block = (blocks + threads - 1) / threads;
-    const int64_t c_lo = imin(blocks, tid * per_block), c_hi = imin(blocks, c_lo + per_block);
+    const ThreadShare rows(a.B, tid, threads), own(blocks, tid, threads);
+    const int64_t lo = rows.lo, hi = rows.hi, c_lo = own.lo, c_hi = own.hi;
+    // Split panels: each thread reads only its own; split rows: all of them, and W_ih's.
+    pack_columns(a.w_hh, 4 * a.H, a.H, panels, c_lo, c_hi);
+    if (fuse_dw && a.dx) {
+      const ThreadShare ih(dx_blocks, tid, threads);
+      pack_columns(a.w_ih, 4 * a.H, a.I, a.ih_panels, ih.lo, ih.hi);
+    }
+    if (split_rows) barrier.wait();
     const int64_t dw_floats = (a.I + a.H) * 4 * a.H;
     float* dwt = fuse_dw ? a.dw_scratch + tid * dw_floats : nullptr;
     for (int64_t i = 0; fuse_dw && i < dw_floats; ++i) dwt[i] = 0.0f;

@@ -281,16 +281,6 @@ ThreadPlan thread_plan(const FusedForwardArgs& a) {
   return {split_rows, thread_bytes > kL2Bytes && thread_rows > 2 * kTileRows};
 }
 
-// Thread tid's share [q_lo, q_hi) of `groups` hidden groups.
-struct GroupShare {
-  int64_t q_lo, q_hi;
-  GroupShare(int64_t groups, int64_t tid, int64_t threads) {
-    const int64_t per = (groups + threads - 1) / threads;
-    q_lo = imin(groups, tid * per);
-    q_hi = imin(groups, q_lo + per);
-  }
-};
-
 // Steps [s0, s1) of `num_layers` stacked layers (layer l's x is layer l - 1's y; all share
 // T, B, offsets, s0, s1, num_threads and the partial scratch), as a wavefront: step s of
 // layer l runs right after step s of layer l - 1, whose output it reads. When every layer
@@ -314,8 +304,8 @@ void fused_forward(const FusedForwardArgs* layers, int64_t num_layers, float* co
     // Each thread packs its own groups, or a share of the groups that every thread reads.
     bool shared = false;
     for (int64_t l = 0; pack && l < num_layers; ++l) {
-      const GroupShare share(num_groups(layers[l].H), tid, threads);
-      pack_groups(layers[l], panels[l], share.q_lo, share.q_hi);
+      const ThreadShare share(num_groups(layers[l].H), tid, threads);
+      pack_groups(layers[l], panels[l], share.lo, share.hi);
       shared = shared || plans[l].split_rows;
     }
     if (shared) barrier.wait();
@@ -329,8 +319,8 @@ void fused_forward(const FusedForwardArgs* layers, int64_t num_layers, float* co
         if (plans[l].split_rows) {
           fused_step(layer, panels[l], s, r_lo, r_hi, 0, groups, plans[l].from_l3, partial);
         } else {
-          const GroupShare share(groups, tid, threads);
-          fused_step(layer, panels[l], s, 0, a.B, share.q_lo, share.q_hi, plans[l].from_l3,
+          const ThreadShare share(groups, tid, threads);
+          fused_step(layer, panels[l], s, 0, a.B, share.lo, share.hi, plans[l].from_l3,
                      partial);
         }
         if (!barrier_free) barrier.wait();

@@ -29,9 +29,8 @@ CellKernels<float> cell_kernels() {
 }
 
 FusedKernels fused_kernels() {
-  return {&panel_floats, &fused_forward, &column_panel_floats, &pack_columns,
-          &fused_backward, &weight_grad_floats, &fma_peak_gflops, &gemm_scratch_floats,
-          &gemm};
+  return {&panel_floats, &fused_forward, &column_panel_floats, &fused_backward,
+          &weight_grad_floats, &fma_peak_gflops, &gemm_scratch_floats, &gemm};
 }
 
 }  // namespace fused_lstm::cpu::avx512

@@ -54,10 +54,11 @@ struct FusedBackwardArgs {
   int num_threads;
   // With dw_scratch (weight_grad_floats of it), the loop also computes dw_ih [4H, I] and
   // dw_hh [4H, H] from x [N, I] (isa/weight_grads.h), and then dx [N, I] too when given
-  // (ih_panels: W_ih packed by pack_columns); null: the caller does.
+  // (into ih_panels, column_panel_floats(4H, I), it packs w_ih); null: the caller does.
   const float* x;
   float *dw_scratch, *dw_ih, *dw_hh;
-  const float* ih_panels;
+  const float *w_hh, *w_ih;  // [4H, H], [4H, I]
+  float* ih_panels;
   float* dx;
 };
 
@@ -92,8 +93,8 @@ struct FusedKernels {
                   bool pack);
   // Panels of 4W columns of a row-major [K, N] matrix (W_hh for the backward).
   int64_t (*column_panel_floats)(int64_t K, int64_t N);
-  void (*pack_columns)(const float* w, int64_t K, int64_t N, float* panels, int num_threads);
-  void (*backward)(const FusedBackwardArgs& args, const float* panels);
+  // Packs W_hh into `panels` (column_panel_floats(4H, H)) and runs the time loop.
+  void (*backward)(const FusedBackwardArgs& args, float* panels);
   // Scratch floats for the backward to compute the weight gradients itself; 0: it cannot.
   int64_t (*weight_grad_floats)(int64_t B, int64_t I, int64_t H, int threads);
   // Measured fp32 FMA GFLOP/s of this ISA on num_threads threads.

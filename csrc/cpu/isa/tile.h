@@ -24,6 +24,17 @@ inline void with_rows(int64_t rows, const F& f) {
 // (std::min would instantiate a template shared with baseline code: see isa_avx512.cpp.)
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Thread tid's share [lo, hi) of n items (hidden groups, column panels), in one contiguous
+// range per thread.
+struct ThreadShare {
+  int64_t lo, hi;
+  ThreadShare(int64_t n, int64_t tid, int64_t threads) {
+    const int64_t per = (n + threads - 1) / threads;
+    lo = imin(n, tid * per);
+    hi = imin(n, lo + per);
+  }
+};
+
 // What a panel may take of one core's L1 (48 KB on current x86 server CPUs), and about one
 // core's L2 (1-2 MB).
 constexpr int64_t kL1Bytes = int64_t{32} << 10;
