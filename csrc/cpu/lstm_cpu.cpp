@@ -93,13 +93,13 @@ void copy_last_hidden(const LayerSizes& n, const at::Tensor& output, bool revers
   }
 }
 
+namespace {
+
 at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse) {
   at::Tensor h_n = at::empty({n.B, output.size(-1)}, output.options());
   copy_last_hidden(n, output, reverse, h_n.data_ptr());
   return h_n;
 }
-
-namespace {
 
 // The fused float32 forward (isa/fused_forward.h): writes output, cell (when training), the
 // activated gates (when training), c_n; returns h_n.

@@ -41,9 +41,8 @@ FusedForwardArgs fused_forward_args(const LayerSizes& n, const at::Tensor& input
                                     const at::Tensor& output, const at::Tensor& cell,
                                     float* c_n);
 
-// h_n [B, features] of a layer's output (contiguous): each sequence's output at its own last
-// step; copy_last_hidden writes it to dst, B x features elements of output's dtype.
-at::Tensor last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse);
+// h_n [B, features] of a layer's output (contiguous) into dst, B x features elements of
+// output's dtype: each sequence's output at its own last step.
 void copy_last_hidden(const LayerSizes& n, const at::Tensor& output, bool reverse, void* dst);
 
 }  // namespace fused_lstm::cpu
