@@ -113,6 +113,7 @@ void fused_backward(const FusedBackwardArgs& a, float* panels) {
   const int nt = a.num_threads;
   const bool split_rows = backward_splits_rows(a.B, a.H, nt);
   const bool fuse_dw = split_rows && a.dw_scratch;  // see weight_grads.h
+  const bool loop_dx = fuse_dw && a.dx;
   SpinBarrier barrier;
 #pragma omp parallel num_threads(nt)
   {
@@ -124,7 +125,7 @@ void fused_backward(const FusedBackwardArgs& a, float* panels) {
     const int64_t lo = rows.lo, hi = rows.hi, c_lo = own.lo, c_hi = own.hi;
     // Split panels: each thread reads only its own; split rows: all of them, and W_ih's.
     pack_columns(a.w_hh, 4 * a.H, a.H, panels, c_lo, c_hi);
-    if (fuse_dw && a.dx) {
+    if (loop_dx) {
       const ThreadShare ih(dx_blocks, tid, threads);
       pack_columns(a.w_ih, 4 * a.H, a.I, a.ih_panels, ih.lo, ih.hi);
     }
@@ -143,7 +144,7 @@ void fused_backward(const FusedBackwardArgs& a, float* panels) {
         cell_rows_backward(a, s, lo, hi, 0, a.H);
         if (fuse_dw) accumulate_weight_grads(a, s, lo, hi, chunk, dwt);
         panel_rows(a, dh, step.row, lo, imin(hi, step.n), 0, blocks, s & 1, partial);
-        if (fuse_dw && a.dx) {  // the step's dgates rows are still in L1
+        if (loop_dx) {  // the step's dgates rows are still in L1
           const PanelGemm dx{a.ih_panels, a.I, a.dx + step.row * a.I, a.I};
           panel_rows(a, dx, step.row, lo, imin(hi, step.n), 0, dx_blocks, false, partial);
         }

@@ -28,17 +28,13 @@ inline int group_vectors(int64_t H, int64_t q) {
 }
 
 // Panels start every K x 4W floats whatever their width (prefetch and threads index them so);
-// after them the layer's summed bias, 4H floats.
-inline int64_t panels_floats(int64_t I, int64_t H, bool hoisted) {
+// after them, at bias_offset, the layer's summed bias, 4H floats.
+inline int64_t bias_offset(int64_t I, int64_t H, bool hoisted) {
   return num_groups(H) * ((hoisted ? 0 : I) + H) * 4 * Vec::kWidth;
 }
 
 int64_t panel_floats(int64_t I, int64_t H, bool hoisted) {
-  return panels_floats(I, H, hoisted) + 4 * H;
-}
-
-inline const float* packed_bias(const FusedForwardArgs& a, const float* panels) {
-  return panels + panels_floats(a.I, a.H, a.hoisted);
+  return bias_offset(I, H, hoisted) + 4 * H;
 }
 
 // Group q's panel, W x W blocks at a time: W rows (units) of one gate by W columns (k) of
@@ -60,21 +56,10 @@ void pack_group(const FusedForwardArgs& a, int64_t q, float* panel) {
   }
   for (int g = 0; g < 4; ++g) {
     const int64_t row0 = g * H + q * W;
-    for (int part = 0; part < 2; ++part) {  // the columns of W_ih, then of W_hh
-      const float* m = part == 0 ? a.w_ih : a.w_hh;
-      const int64_t cols = part == 0 ? Kx : H, k_first = part == 0 ? 0 : Kx;
-      for (int64_t k0 = 0; k0 < cols; k0 += W) {
-        const int64_t n = imin(W, cols - k0);
-        Vec block[W];
-        for (int u = 0; u < W; ++u) {
-          block[u] = u < units ? load_n<Vec>(m + (row0 + u) * cols + k0, n) : Vec(0.0f);
-        }
-        transpose(block);
-        for (int64_t k = 0; k < n; ++k) {
-          store_n(block[k], panel + (k_first + k0 + k) * stride + g * lanes, lanes);
-        }
-      }
-    }
+    // The columns of W_ih, then of W_hh.
+    pack_transposed(a.w_ih + row0 * Kx, Kx, units, Kx, panel + g * lanes, stride, lanes);
+    pack_transposed(a.w_hh + row0 * H, H, units, H, panel + Kx * stride + g * lanes, stride,
+                    lanes);
   }
 }
 
@@ -82,7 +67,7 @@ void pack_group(const FusedForwardArgs& a, int64_t q, float* panel) {
 void pack_groups(const FusedForwardArgs& a, float* panels, int64_t q_lo, int64_t q_hi) {
   const int64_t H = a.H, K = (a.hoisted ? 0 : a.I) + H;
   for (int64_t q = q_lo; q < q_hi; ++q) pack_group(a, q, panels + q * K * 4 * Vec::kWidth);
-  float* bias = panels + panels_floats(a.I, H, a.hoisted);
+  float* bias = panels + bias_offset(a.I, a.H, a.hoisted);
   for (int g = 0; g < 4; ++g) {
     for (int64_t j = g * H + q_lo * Vec::kWidth; j < g * H + imin(H, q_hi * Vec::kWidth); ++j) {
       bias[j] = (a.b_ih ? a.b_ih[j] : 0.0f) + (a.b_hh ? a.b_hh[j] : 0.0f);
@@ -143,7 +128,7 @@ void fused_tile(const FusedForwardArgs& a, const float* panels, int64_t t, int64
                          panels + q * K * 4 * W, partial, pf)) {
     return;
   }
-  const float* bias = packed_bias(a, panels);
+  const float* bias = panels + bias_offset(a.I, a.H, a.hoisted);
   const Vec b_i = load_n<Vec>(bias + j0, n), b_f = load_n<Vec>(bias + H + j0, n);
   const Vec b_g = load_n<Vec>(bias + 2 * H + j0, n), b_o = load_n<Vec>(bias + 3 * H + j0, n);
   const Vec b_packed = NV == 1 ? load_packed(bias + j0, H, n) : Vec(0.0f);

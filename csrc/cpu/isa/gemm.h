@@ -66,18 +66,9 @@ void gemm_pack_b(const GemmArgs& g, int64_t p, float* panels) {
   constexpr int W = Vec::kWidth;
   float* panel = panels + p * g.k * 4 * W;
   if (!g.trans_b) return pack_column_panel(g.b, g.ldb, g.k, g.n, p, panel);
-  for (int v = 0; v < 4; ++v) {
-    const int64_t col0 = p * 4 * W + v * W, cols = imin(W, g.n - col0);
-    // op(B) = B^T: W x W blocks of B (rows col0.., columns k0..) transposed in registers.
-    for (int64_t k0 = 0; k0 < g.k; k0 += W) {
-      const int64_t len = imin(W, g.k - k0);
-      Vec block[W];
-      for (int u = 0; u < W; ++u) {
-        block[u] = u < cols ? load_n<Vec>(g.b + (col0 + u) * g.ldb + k0, len) : Vec(0.0f);
-      }
-      transpose(block);
-      for (int64_t kk = 0; kk < len; ++kk) block[kk].store(panel + (k0 + kk) * 4 * W + v * W);
-    }
+  for (int v = 0; v < 4; ++v) {  // op(B) = B^T: rows col0.. of B, transposed
+    const int64_t col0 = p * 4 * W + v * W;
+    pack_transposed(g.b + col0 * g.ldb, g.ldb, g.n - col0, g.k, panel + v * W, 4 * W, W);
   }
 }
 

@@ -204,3 +204,19 @@ LSTM_TILE_INLINE bool tile_block(Vec (&acc)[R][NV], const float* const* a_rows, 
   }
   return false;
 }
+
+// Rows [0, rows) of a row-major matrix m with `cols` columns (row stride ld; rows <= W, zero
+// rows past them), transposed W x W blocks at a time in registers: out + k * out_stride gets
+// column k's first `lanes` <= W values. The forward's weight panels and the GEMM's op(B) =
+// B^T are packed so.
+inline void pack_transposed(const float* m, int64_t ld, int64_t rows, int64_t cols, float* out,
+                            int64_t out_stride, int64_t lanes) {
+  constexpr int W = Vec::kWidth;
+  for (int64_t k0 = 0; k0 < cols; k0 += W) {
+    const int64_t n = imin(W, cols - k0);
+    Vec block[W];
+    for (int u = 0; u < W; ++u) block[u] = u < rows ? load_n<Vec>(m + u * ld + k0, n) : Vec(0.0f);
+    transpose(block);
+    for (int64_t k = 0; k < n; ++k) store_n(block[k], out + (k0 + k) * out_stride, lanes);
+  }
+}
